@@ -1,0 +1,24 @@
+"""The mechanics every method shares (DESIGN.md §2): nothing method-specific lives here."""
+
+from .inject import Injection, find_modules, inject, is_wrapper, module_names, replace_module
+from .io import load_trainable, load_weights, read_weights, save_trainable, save_weights, trainable_state_dict
+from .params import (
+    ParameterReport,
+    count_parameters,
+    freeze,
+    parameter_groups,
+    parameter_report,
+    trainable_parameters,
+    unfreeze,
+)
+from .results import Metric, record
+from .scale import default_device, hardware_summary, pick, scale
+from .train import History, TrainConfig, batch_indices, move_to, seed_everything, train
+
+__all__ = [
+    "History", "Injection", "Metric", "ParameterReport", "TrainConfig", "batch_indices", "count_parameters",
+    "default_device", "find_modules", "freeze", "hardware_summary", "inject", "is_wrapper", "load_trainable",
+    "load_weights", "module_names", "move_to", "parameter_groups", "parameter_report", "pick", "read_weights",
+    "record", "replace_module", "save_trainable", "save_weights", "scale", "seed_everything", "train",
+    "trainable_parameters", "trainable_state_dict", "unfreeze",
+]

