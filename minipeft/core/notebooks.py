@@ -20,8 +20,8 @@ def execute(source: Path, timeout_s: int = 1800) -> float:
     subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "--update", str(source)], check=True)
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-         f"--ExecutePreprocessor.timeout={timeout_s}", "--ExecutePreprocessor.kernel_name=python3", str(notebook)],
+        [sys.executable, "-m", "jupyter", "execute", "--inplace", f"--timeout={timeout_s}",
+         "--kernel_name=python3", str(notebook)],
         check=True, cwd=source.parent,
     )
     return time.perf_counter() - started

@@ -75,7 +75,9 @@ def load_smollm2(name_or_path: str | Path | None = None, *, dtype=torch.float32,
         frozen: freeze every parameter and switch to ``eval()`` (methods then make their own parameters trainable).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # keep notebook outputs free of "Loading weights" bars
     source = smollm2_local_path() if name_or_path is None else name_or_path
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
