@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 export MINIPEFT_SCALE="${MINIPEFT_SCALE:-ci}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
 # pytest-xdist runs one worker per core and each worker (and each notebook kernel) uses one thread,
-# so two notebooks never fight over the same core.
+# so two notebooks never fight over the same core. (Count the cores first: nproc obeys OMP_NUM_THREADS.)
+workers="${MINIPEFT_TEST_WORKERS:-$(nproc --all)}"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-workers="${MINIPEFT_TEST_WORKERS:-$(nproc)}"
 # Notebooks re-executed by nbval record their results here, not over the committed notebooks/results/.
 MINIPEFT_RESULTS_DIR="$(mktemp -d)"
 export MINIPEFT_RESULTS_DIR

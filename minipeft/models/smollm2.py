@@ -105,3 +105,35 @@ def generate_answer(model, tokenizer, question: str, max_new_tokens: int = 40, s
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                             repetition_penalty=repetition_penalty, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def tokenize_chat_pairs(tokenizer, pairs, max_length: int = 96, system: str | None = None) -> list[dict]:
+    """Supervised fine-tuning examples: the chat prompt followed by the answer and ``<|im_end|>``.
+
+    ``pairs`` is a list of ``(question, answer)``. Returns one dict per pair with ``input_ids``,
+    ``attention_mask`` and ``labels`` (right-padded to ``max_length``). ``labels`` is ``-100`` on the prompt and
+    on padding, so the loss counts only the answer tokens — the model learns to *answer*, not to repeat questions.
+    """
+    end = tokenizer.eos_token  # "<|im_end|>": the model must learn where its answer stops
+    examples = []
+    for question, answer in pairs:
+        prompt_ids = tokenizer(chat_prompt(tokenizer, question, system), add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer + end, add_special_tokens=False)["input_ids"]
+        ids = (prompt_ids + answer_ids)[:max_length]
+        labels = ([-100] * len(prompt_ids) + answer_ids)[:max_length]
+        if len(prompt_ids) + len(answer_ids) > max_length:
+            raise ValueError(f"example of {len(prompt_ids) + len(answer_ids)} tokens exceeds max_length={max_length}: "
+                             f"{question!r}; raise max_length.")
+        padding = max_length - len(ids)
+        examples.append({
+            "input_ids": torch.tensor(ids + [tokenizer.pad_token_id] * padding),
+            "attention_mask": torch.tensor([1] * len(ids) + [0] * padding),
+            "labels": torch.tensor(labels + [-100] * padding),
+        })
+    return examples
+
+
+def trim_batch(batch: dict) -> dict:
+    """Drop the padding columns that every sequence of a right-padded batch shares (saves compute)."""
+    length = int(batch["attention_mask"].sum(1).max())
+    return {key: value[:, :length] if value.ndim == 2 else value for key, value in batch.items()}
