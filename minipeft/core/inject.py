@@ -149,7 +149,8 @@ class Injection:
     * ``undo()`` — put the original modules back and drop the method (unmerging first if needed).
 
     A wrapper is an ``nn.Module`` with ``minipeft_method`` set, the original module in ``base_layer``, and, if its
-    method can merge, ``merge()`` / ``unmerge()`` methods and a ``merged`` flag.
+    method can merge, ``merge()`` / ``unmerge()`` methods, a ``merged`` flag and optionally ``check_unmergeable()``
+    (raises ``ValueError`` when unmerging would not be exact).
     """
 
     model: nn.Module
@@ -183,6 +184,15 @@ class Injection:
         unmerged = [n for n, w in self.wrappers.items() if not getattr(w, "merged", False)]
         if unmerged:
             raise ValueError(f"{unmerged[0]!r} is not merged; there is nothing to unmerge.")
+        # A wrapper that cannot be unmerged exactly (e.g. (IA)³ with a zero scale) says so *before* any layer
+        # changes, so the model is never left half unmerged.
+        for name, wrapper in self.wrappers.items():
+            check = getattr(wrapper, "check_unmergeable", None)
+            if check is not None:
+                try:
+                    check()
+                except ValueError as error:
+                    raise ValueError(f"{name!r}: {error}") from None
         for _, action in self._each_wrapper("unmerge"):
             action()
         return self.model
