@@ -1,0 +1,606 @@
+r"""LoRA: learn a low-rank *update* of each frozen weight matrix, and fold it back in for free at inference.
+
+**The idea** (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022, arXiv:2106.09685).
+Fine-tuning changes a pretrained weight :math:`W_0 \in \mathbb{R}^{d \times k}` into :math:`W_0 + \Delta W`. The
+paper's hypothesis is that the change needed for a downstream task has a low "intrinsic rank", so it writes the
+update as a product of two thin matrices and trains only those:
+
+$$h = W_0 x + \Delta W x = W_0 x + \frac{\alpha}{r} B A x,
+\qquad B \in \mathbb{R}^{d \times r},\; A \in \mathbb{R}^{r \times k},\; r \ll \min(d, k).$$
+
+A wrapped ``nn.Linear(k, d)`` gains :math:`r(k + d)` trainable numbers instead of :math:`dk` (for BERT-base with
+LoRA on the query and value projections at ``r = 8``: :math:`12 \cdot 2 \cdot 8 \cdot (768 + 768) = 294{,}912`).
+For GPT-3 175B the paper reports 10,000 times fewer trainable parameters and a third of the GPU memory of full
+fine-tuning.
+
+*Why B starts at zero.* :math:`A` is random and :math:`B = 0`, so :math:`\Delta W = BA = 0` and **the adapted
+model is exactly the pretrained model at initialisation**; training starts from the pretrained function. (Both
+zero would be a saddle: no gradient would reach either factor. With :math:`B = 0` the gradient of :math:`B` is
+:math:`\propto (Ax)^\top`, non-zero, so :math:`B` moves first and :math:`A` follows.)
+
+*The scale* :math:`\alpha / r`. The paper scales the update by :math:`\alpha / r` so that changing ``r`` does not
+require re-tuning the learning rate ("we simply set :math:`\alpha` to the first r we try and do not tune it").
+**rsLoRA** (Kalajdzievski 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", arXiv:2312.03732)
+shows that :math:`\alpha / r` shrinks the update's learning signal as ``r`` grows, so high ranks learn no better than
+low ones, and that :math:`\alpha / \sqrt{r}` keeps it rank-stable (``use_rslora=True``).
+
+*Merging.* The update is linear in :math:`x`, so it folds into the weight:
+
+$$W \leftarrow W_0 + \tfrac{\alpha}{r} B A \quad\text{(merge)}, \qquad W_0 \leftarrow W - \tfrac{\alpha}{r} B A
+\quad\text{(unmerge)}.$$
+
+After :meth:`LoraLinear.merge` the layer is an ordinary linear layer: **no extra inference latency**, which is what
+sets LoRA apart from adapters (whose update passes through a non-linearity and cannot be folded). Unmerging is exact
+up to floating-point rounding (the update is added and subtracted in fp32). ``handle.unload()`` merges and puts the
+plain base layers back. A merged layer computes only :math:`W x`, so train unmerged.
+
+**Layers.** ``nn.Linear`` (:class:`LoraLinear`), ``nn.Embedding`` (:class:`LoraEmbedding`: the same update on the
+lookup table, with :math:`A` applied by indexing — a one-hot ``x`` makes :math:`A x` a column of :math:`A`) and
+``nn.Conv2d`` (:class:`LoraConv2d`: :math:`A` is a convolution with the base layer's kernel, :math:`B` a 1×1
+convolution, so :math:`BA` is again a kernel of the base layer's shape).
+
+**HF peft compatibility.** Parameter names follow peft's, so a saved file maps onto peft's with a fixed prefix:
+our ``<path>.lora_A.weight`` is peft's on-disk key ``base_model.model.<path>.lora_A.weight`` (peft holds
+``…lora_A.<adapter name>.weight`` in memory and strips the adapter name when saving); embeddings use
+``lora_embedding_A`` / ``lora_embedding_B`` (plain parameters, no ``.weight``). :func:`export_peft` writes an
+``adapter_config.json`` + ``adapter_model.safetensors`` folder that ``peft.PeftModel.from_pretrained`` loads, and
+:func:`import_peft` reads such a folder (from peft or from us) back into this file's layers.
+
+Paper versus code (what to know when comparing with ``loralib`` — the paper's released code — and HF ``peft``):
+
+1. *Init of A.* The paper says "random Gaussian initialization for :math:`A`"; loralib and peft use
+   ``kaiming_uniform_(a=sqrt(5))``, the default init of ``nn.Linear`` (our ``init="kaiming"``, the default). peft's
+   ``"gaussian"`` option draws :math:`A \sim \mathcal{N}(0, 1/r^2)` (``init="gaussian"`` here). :math:`B = 0` in
+   all of them.
+2. *Embeddings are the other way round.* loralib and peft initialise an embedding's ``lora_embedding_A`` to zero
+   and ``lora_embedding_B`` from :math:`\mathcal{N}(0, 1)` (like ``nn.Embedding``); we do the same, whatever
+   ``init`` says. Either way :math:`BA = 0` at the start. peft applies no dropout to embedding LoRA (dropping a
+   token id is not meaningful); neither do we.
+3. *Dropout.* Not in the paper's equation; loralib and peft apply ``lora_dropout`` to the input of :math:`A` only
+   (``B A dropout(x)``), so the frozen path never sees it. Only in ``train()`` mode, like every ``nn.Dropout``.
+4. *Defaults.* peft's ``LoraConfig`` defaults to ``r=8, lora_alpha=8`` (scale 1); we keep those, so a config moved
+   between the two libraries means the same. Many recipes use ``alpha = 2 r``. With ``target_modules=None`` both
+   pick per-architecture defaults (LLaMA: ``q_proj``, ``v_proj``; BERT/ViT: ``query``, ``value``), the paper's
+   choice of :math:`W_q, W_v`.
+5. *Target matching.* Our names follow ``minipeft.core.find_modules``: an entry matches a module whose name is the
+   entry, ends with ``"." + entry``, or fully matches it as a regex. peft treats a *string* as a regex only and a
+   *list* as names/suffixes only. :func:`export_peft` writes target lists that mean the same module set to peft.
+6. *Convolutions.* peft builds a Conv2d's ``lora_A`` without the base layer's dilation; we pass dilation (and
+   padding mode) on, which is what makes :math:`BA` mergeable into a dilated kernel. Grouped convolutions are
+   refused. peft also wraps Conv1d/Conv3d, ``transformers``' GPT-2 ``Conv1D`` (``fan_in_fan_out``) and
+   ``nn.MultiheadAttention``; we do not.
+7. *What peft has and we leave out:* several adapters on one model, ``rank_pattern`` / ``alpha_pattern``, bias
+   training (``bias="all"``; here: ``minipeft.core.unfreeze(model, r"\.bias$")`` after :func:`apply`),
+   DoRA and other variants, quantised base layers. :func:`import_peft` refuses configs that use them.
+
+Chapter: Part II, "LoRA".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from ..core.inject import Injection, inject
+from ..core.io import atomic_write, load_weights, read_weights
+from ..core.params import freeze
+
+SUPPORTED_TYPES = (nn.Linear, nn.Embedding, nn.Conv2d)
+INITS = ("kaiming", "gaussian")
+CONFIG_NAME = "adapter_config.json"  # peft's file names (peft/utils/constants.py)
+WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # peft's on-disk keys: base_model.model.<module path>.lora_A.weight
+
+# target_modules=None: the attention query and value projections, as in the paper (and peft's per-model defaults).
+DEFAULT_TARGETS = {
+    **dict.fromkeys(["llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "opt", "bart", "clip",
+                     "clip_text_model", "clip_vision_model"], ("q_proj", "v_proj")),
+    **dict.fromkeys(["bert", "roberta", "xlm-roberta", "electra", "vit", "layoutlm"], ("query", "value")),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _check_names(field_name: str, value) -> None:
+    if value is None:
+        return
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, str) and i for i in items):
+        raise ValueError(
+            f"{field_name} must be a module name, a regex or a non-empty list of them, got {value!r} "
+            "(e.g. ['q_proj', 'v_proj'] or r'.*layers\\.[01]\\..*proj')."
+        )
+
+
+@dataclass
+class LoraConfig:
+    """Where LoRA goes and how its update is sized and initialised.
+
+    Args:
+        r: the rank ``r`` of :math:`\\Delta W = BA` (a positive integer; 4-64 is typical).
+        alpha: :math:`\\alpha` in the scale :math:`\\alpha / r` (or :math:`\\alpha / \\sqrt{r}`). Default 8, peft's
+            default, so ``r=8`` gives scale 1.
+        dropout: dropout probability on the input of :math:`A` (Linear and Conv2d only), active in ``train()``.
+        target_modules: module names, name suffixes (``"q_proj"``) or regexes (``r"layers\\.0\\..*"``), or a list of
+            them; the matching ``nn.Linear`` / ``nn.Embedding`` / ``nn.Conv2d`` modules are wrapped. ``None``: the
+            query and value projections of a known ``transformers`` architecture (see ``DEFAULT_TARGETS``).
+        exclude: names or regexes to leave out even if they match ``target_modules`` (e.g. ``"lm_head"``).
+        use_rslora: scale by :math:`\\alpha / \\sqrt{r}` (rsLoRA) instead of :math:`\\alpha / r`.
+        init: ``"kaiming"`` (``kaiming_uniform_(a=sqrt(5))`` on :math:`A`, like ``nn.Linear``, loralib and peft) or
+            ``"gaussian"`` (:math:`A \\sim \\mathcal{N}(0, 1/r^2)`, peft's option); :math:`B = 0` either way.
+        bias: only ``"none"`` (biases stay frozen); kept as a field so the config reads like peft's.
+    """
+
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    target_modules: str | Sequence[str] | None = None
+    exclude: str | Sequence[str] | None = None
+    use_rslora: bool = False
+    init: str = "kaiming"
+    bias: str = "none"
+
+    method = "lora"
+
+    def __post_init__(self):
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
+            raise ValueError(f"r must be a positive integer (the rank of B A), got {self.r!r}; e.g. r=8.")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not self.alpha > 0:
+            raise ValueError(
+                f"alpha must be a positive number (the update is scaled by alpha / r), got {self.alpha!r}; "
+                "e.g. alpha=8 (scale 1 at r=8) or alpha=2*r."
+            )
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}.")
+        _check_names("target_modules", self.target_modules)
+        _check_names("exclude", self.exclude)
+        if not isinstance(self.use_rslora, bool):
+            raise ValueError(f"use_rslora must be True or False, got {self.use_rslora!r}.")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
+        if self.bias != "none":
+            raise ValueError(
+                f"bias={self.bias!r} is not supported: LoRA here trains only A and B. To train biases as well, call "
+                "minipeft.core.unfreeze(model, r'\\.bias$') after apply() and save them with save_trainable."
+            )
+
+    @property
+    def scaling(self) -> float:
+        """:math:`\\alpha / r`, or :math:`\\alpha / \\sqrt{r}` with rsLoRA."""
+        return _scaling(self.r, self.alpha, self.use_rslora)
+
+
+def _scaling(r: int, alpha: float, use_rslora: bool) -> float:
+    return alpha / math.sqrt(r) if use_rslora else alpha / r
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The layers
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class LoraLayer(nn.Module):
+    """What every LoRA wrapper shares: the frozen ``base_layer``, the scale, and exact merge / unmerge.
+
+    A subclass creates its two factors and implements ``delta_weight()`` — :math:`\\frac{\\alpha}{r} BA` in the
+    shape of ``base_layer.weight``.
+    """
+
+    minipeft_method = "lora"
+
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, use_rslora: bool = False):
+        super().__init__()
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ValueError(f"r must be a positive integer (the rank of B A), got {r!r}.")
+        self.base_layer = base_layer
+        self.r = r
+        self.alpha = alpha
+        self.use_rslora = use_rslora
+        self.scaling = _scaling(r, alpha, use_rslora)
+        self.merged = False
+        weight = base_layer.weight
+        # LoRA's factors live beside the base weight, in fp32 even on a half-precision base: they are what trains.
+        self._factory = dict(device=weight.device,
+                             dtype=weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32)
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """The trainable tensors: every parameter outside ``base_layer``."""
+        return [p for n, p in self.named_parameters() if not n.startswith("base_layer.")]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """:math:`W \\leftarrow W_0 + \\frac{\\alpha}{r} BA`: afterwards the layer computes only the base layer."""
+        if self.merged:
+            raise ValueError("this LoRA layer is already merged; merging twice would add B A twice. Unmerge first.")
+        weight = self.base_layer.weight
+        weight += self.delta_weight().to(weight.dtype)  # the product is formed in fp32, then rounded once
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """:math:`W_0 \\leftarrow W - \\frac{\\alpha}{r} BA` (exact up to rounding; the same fp32 product)."""
+        if not self.merged:
+            raise ValueError("this LoRA layer is not merged; there is nothing to unmerge.")
+        weight = self.base_layer.weight
+        weight -= self.delta_weight().to(weight.dtype)
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        rs = ", rsLoRA" if self.use_rslora else ""
+        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}{rs}, merged={self.merged}"
+
+
+def _init_A(weight: torch.Tensor, r: int, init: str) -> None:
+    if init == "kaiming":
+        # nn.Linear's own default (and loralib's / peft's): uniform in +-1/sqrt(fan_in).
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    else:
+        nn.init.normal_(weight, std=1 / r)
+
+
+class LoraLinear(LoraLayer):
+    r"""``nn.Linear`` with LoRA: :math:`y = W_0 x + b + \frac{\alpha}{r} B A\, \mathrm{dropout}(x)`.
+
+    ``lora_A`` is ``nn.Linear(k, r)`` (weight :math:`A`, shape ``(r, k)``) and ``lora_B`` is ``nn.Linear(r, d)``
+    (weight :math:`B`, shape ``(d, r)``), both without bias — peft's layout and names.
+
+    Args:
+        base_layer: the frozen ``nn.Linear`` (kept as ``self.base_layer``).
+        r, alpha, dropout, use_rslora, init: see :class:`LoraConfig`.
+    """
+
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False,
+                 init: str = "kaiming"):
+        super().__init__(base_layer, r, alpha, use_rslora)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, **self._factory)  # A: (r, k)
+        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, **self._factory)  # B: (d, r)
+        _init_A(self.lora_A.weight, r, init)
+        nn.init.zeros_(self.lora_B.weight)  # B = 0: Delta W = 0, the base model exactly
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling  # (d, r) @ (r, k) -> (d, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.merged:  # B A already lives inside W
+            return result
+        dtype = self.lora_A.weight.dtype
+        # h = W0 x + (alpha / r) B A dropout(x), computed in the factors' dtype and added in the result's.
+        update = self.lora_B(self.lora_A(self.lora_dropout(x.to(dtype))))  # (..., k) -> (..., r) -> (..., d)
+        return result + (update * self.scaling).to(result.dtype)
+
+
+class LoraEmbedding(LoraLayer):
+    r"""``nn.Embedding`` with LoRA: row ``i`` of the table becomes :math:`E_i + \frac{\alpha}{r} (B A)^\top_i`.
+
+    For a token id :math:`i` (a one-hot :math:`x`), :math:`A x` is column :math:`i` of ``lora_embedding_A``, shape
+    ``(r, num_embeddings)`` — a lookup, not a matmul — and ``lora_embedding_B`` (``(embedding_dim, r)``) maps it to
+    the embedding width. Initialised like loralib and peft: :math:`A = 0`, :math:`B \sim \mathcal{N}(0, 1)`. No
+    dropout (see the module docstring).
+
+    Args:
+        base_layer: the frozen ``nn.Embedding``.
+        r, alpha, use_rslora: see :class:`LoraConfig`.
+    """
+
+    def __init__(self, base_layer: nn.Embedding, r: int, alpha: float, use_rslora: bool = False):
+        super().__init__(base_layer, r, alpha, use_rslora)
+        self.lora_embedding_A = nn.Parameter(torch.zeros(r, base_layer.num_embeddings, **self._factory))
+        self.lora_embedding_B = nn.Parameter(torch.randn(base_layer.embedding_dim, r, **self._factory))
+
+    def delta_weight(self) -> torch.Tensor:
+        # The table is stored (num_embeddings, embedding_dim), the transpose of W in h = W x.
+        return (self.lora_embedding_B.float() @ self.lora_embedding_A.float()).T * self.scaling  # (V, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.merged:
+            return result
+        # Looking up column x of A is A times a one-hot vector; padding_idx keeps the padding row's A frozen too.
+        after_A = F.embedding(x, self.lora_embedding_A.T, padding_idx=self.base_layer.padding_idx)  # (..., r)
+        update = after_A @ self.lora_embedding_B.T * self.scaling  # (..., r) -> (..., d)
+        # Some embeddings multiply their output by a constant (e.g. Gemma's sqrt(d)); the update is part of the table.
+        embed_scale = getattr(self.base_layer, "embed_scale", None)
+        if embed_scale is not None:
+            update = update * embed_scale
+        return result + update.to(result.dtype)
+
+
+class LoraConv2d(LoraLayer):
+    r"""``nn.Conv2d`` with LoRA: :math:`y = W_0 * x + b + \frac{\alpha}{r}\, B * (A * \mathrm{dropout}(x))`.
+
+    ``lora_A`` is a convolution from the input channels to ``r`` channels with the base layer's kernel size, stride,
+    padding and dilation; ``lora_B`` is a 1×1 convolution from ``r`` to the output channels. Their composition is one
+    convolution with kernel :math:`\Delta W[o, i] = \sum_j B[o, j]\, A[j, i]`, the shape of the base kernel, so it
+    merges. Grouped convolutions are not supported.
+
+    Args:
+        base_layer: the frozen ``nn.Conv2d`` (``groups=1``).
+        r, alpha, dropout, use_rslora, init: see :class:`LoraConfig`.
+    """
+
+    def __init__(self, base_layer: nn.Conv2d, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False,
+                 init: str = "kaiming"):
+        if base_layer.groups != 1:
+            raise ValueError(
+                f"LoRA on a grouped convolution (groups={base_layer.groups}) has no single low-rank update that "
+                "merges into its kernel; exclude this layer (LoraConfig(exclude=...))."
+            )
+        super().__init__(base_layer, r, alpha, use_rslora)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Conv2d(base_layer.in_channels, r, base_layer.kernel_size, base_layer.stride,
+                                base_layer.padding, base_layer.dilation, bias=False,
+                                padding_mode=base_layer.padding_mode, **self._factory)  # (r, C_in, kh, kw)
+        self.lora_B = nn.Conv2d(r, base_layer.out_channels, 1, bias=False, **self._factory)  # (C_out, r, 1, 1)
+        _init_A(self.lora_A.weight, r, init)
+        nn.init.zeros_(self.lora_B.weight)
+
+    def delta_weight(self) -> torch.Tensor:
+        B = self.lora_B.weight.float()[:, :, 0, 0]  # (C_out, r)
+        return torch.einsum("or,rihw->oihw", B, self.lora_A.weight.float()) * self.scaling  # (C_out, C_in, kh, kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.merged:
+            return result
+        update = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))  # (N, C_out, H', W')
+        return result + (update * self.scaling).to(result.dtype)
+
+
+def make_lora_layer(module: nn.Module, config: LoraConfig) -> LoraLayer:
+    """The LoRA wrapper for one ``nn.Linear`` / ``nn.Embedding`` / ``nn.Conv2d`` under ``config``."""
+    if isinstance(module, nn.Linear):
+        return LoraLinear(module, config.r, config.alpha, config.dropout, config.use_rslora, config.init)
+    if isinstance(module, nn.Embedding):
+        return LoraEmbedding(module, config.r, config.alpha, config.use_rslora)
+    if isinstance(module, nn.Conv2d):
+        return LoraConv2d(module, config.r, config.alpha, config.dropout, config.use_rslora, config.init)
+    raise TypeError(f"LoRA wraps nn.Linear, nn.Embedding and nn.Conv2d, not {type(module).__name__}.")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# apply
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _default_targets(model: nn.Module) -> tuple[str, ...]:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in DEFAULT_TARGETS:
+        raise ValueError(
+            f"LoraConfig.target_modules is None and there is no default for a {type(model).__name__} "
+            f"(model_type {model_type!r}); name the layers to adapt, e.g. LoraConfig(target_modules=['q_proj', "
+            "'v_proj']) — minipeft.core.module_names(model, nn.Linear) lists the candidates."
+        )
+    return DEFAULT_TARGETS[model_type]
+
+
+def apply(model: nn.Module, config: LoraConfig | None = None) -> Injection:
+    """Wrap the target layers of ``model`` with LoRA in place, freeze everything else, and return the handle.
+
+    Args:
+        model: any ``nn.Module`` (a ``transformers`` model or a plain one).
+        config: a :class:`LoraConfig` (default: ``r=8, alpha=8`` on the architecture's query/value projections).
+
+    Returns:
+        an ``Injection``: ``merge()`` / ``unmerge()`` / ``unload()`` / ``undo()``, and ``state_dict()`` /
+        ``load_state_dict()`` for the LoRA factors (keys ``<path>.lora_A.weight`` …). ``handle.config`` is the
+        config with ``target_modules`` filled in. Only the LoRA factors are trainable.
+
+    Raises:
+        ValueError: a target that matches no module (the message suggests close names), a module already wrapped,
+            no default targets for this architecture, or a grouped convolution.
+    """
+    config = LoraConfig() if config is None else config
+    if not isinstance(config, LoraConfig):
+        raise ValueError(f"config must be a LoraConfig, got {type(config).__name__}.")
+    if config.target_modules is None:
+        config = dataclasses.replace(config, target_modules=_default_targets(model))
+    # LoraLayer is in the types so that a layer wrapped already is found, and refused by inject ("already wrapped").
+    handle = inject(model, lambda name, module: make_lora_layer(module, config), target=config.target_modules,
+                    types=SUPPORTED_TYPES + (LoraLayer,), exclude=config.exclude, method="lora", config=config)
+    # Freeze after injecting, so a failed injection leaves requires_grad untouched too.
+    freeze(model)
+    for wrapper in handle.wrappers.values():
+        for parameter in wrapper.lora_parameters():
+            parameter.requires_grad_(True)
+    return handle
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# HF peft's folder format
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _lora_layers(model_or_handle) -> tuple[nn.Module, dict[str, LoraLayer]]:
+    if isinstance(model_or_handle, Injection):
+        if model_or_handle.method != "lora":
+            raise ValueError(f"export_peft exports LoRA, but this handle holds {model_or_handle.method!r}.")
+        model, layers = model_or_handle.model, dict(model_or_handle.wrappers)
+    else:
+        model = model_or_handle
+        layers = {n: m for n, m in model.named_modules() if n and isinstance(m, LoraLayer)}
+    if not layers:
+        raise ValueError("there are no LoRA layers to export (apply(model, LoraConfig(...)) first; was it unloaded?).")
+    return model, layers
+
+
+def _peft_target_list(model: nn.Module, wrapped: set[str]) -> list[str]:
+    """A ``target_modules`` list that selects exactly ``wrapped`` under peft's rule (name == entry or ends with
+    ``"." + entry``) on the un-wrapped model: the short names (``["q_proj", "v_proj"]``) when they are enough,
+    otherwise the full module paths."""
+    original = [n for n, _ in model.named_modules() if n and not any(n.startswith(w + ".") for w in wrapped)]
+    short = sorted({n.rsplit(".", 1)[-1] for n in wrapped})
+    selected = {n for n in original if n.rsplit(".", 1)[-1] in short}
+    return short if selected == wrapped else sorted(wrapped)
+
+
+def export_peft(model_or_handle, directory: str | os.PathLike, base_model_name_or_path: str | None = None,
+                task_type: str | None = "auto") -> Path:
+    """Write the LoRA layers of a model as an HF peft adapter folder; return the folder.
+
+    Writes ``adapter_config.json`` (peft's ``LoraConfig`` fields) and ``adapter_model.safetensors`` (keys
+    ``base_model.model.<module path>.lora_A.weight`` …, metadata ``{"format": "pt"}``), each atomically. Load it with
+    ``peft.PeftModel.from_pretrained(base_model, directory)`` or :func:`import_peft`.
+
+    Args:
+        model_or_handle: the ``Injection`` from :func:`apply`, or a model containing LoRA layers (all with the same
+            ``r``, ``alpha`` and rsLoRA setting — peft's per-layer ``rank_pattern`` is not written).
+        directory: the output folder (created if needed).
+        base_model_name_or_path: recorded in the config (default: the model's ``name_or_path``, if any).
+        task_type: peft's ``task_type``. ``"auto"``: ``"CAUSAL_LM"`` for a ``…ForCausalLM`` model, otherwise
+            ``None`` (a plain ``PeftModel``). Any other value is written as given.
+    """
+    model, layers = _lora_layers(model_or_handle)
+    settings = {(layer.r, layer.alpha, layer.use_rslora) for layer in layers.values()}
+    if len(settings) != 1:
+        raise ValueError(
+            f"the LoRA layers use different (r, alpha, use_rslora) settings {sorted(settings)}; peft's single-config "
+            "export needs one setting for all layers."
+        )
+    r, alpha, use_rslora = settings.pop()
+    dropouts = {getattr(getattr(layer, "lora_dropout", None), "p", 0.0) for layer in layers.values()}
+    init = model_or_handle.config.init if isinstance(model_or_handle, Injection) else "kaiming"
+    if task_type == "auto":
+        task_type = "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else None
+    if base_model_name_or_path is None:
+        base_model_name_or_path = getattr(model, "name_or_path", None) or None
+
+    config = {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": r,
+        "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+        "lora_dropout": max(dropouts),
+        "target_modules": _peft_target_list(model, set(layers)),
+        "exclude_modules": None,  # the exclusions are already resolved in target_modules
+        "use_rslora": use_rslora,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True if init == "kaiming" else "gaussian",
+        "inference_mode": True,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_dora": False,
+        "lora_bias": False,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "revision": None,
+    }
+    tensors = {}
+    for name, layer in layers.items():
+        for key in ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B"):
+            tensor = layer.state_dict().get(key)
+            if tensor is not None:  # our names are peft's on-disk names, behind peft's fixed prefix
+                tensors[f"{PEFT_PREFIX}{name}.{key}"] = tensor.detach().to("cpu").contiguous()
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config, indent=2, sort_keys=True)
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    return directory
+
+
+# peft config fields whose non-default values change the model in ways this file does not reproduce.
+_UNSUPPORTED = {
+    "use_dora": "DoRA", "lora_bias": "a bias on lora_B", "fan_in_fan_out": "fan_in_fan_out (GPT-2 Conv1D)",
+    "rank_pattern": "per-layer ranks (rank_pattern)", "alpha_pattern": "per-layer alphas (alpha_pattern)",
+    "modules_to_save": "fully trained extra modules (modules_to_save)", "layers_to_transform": "layers_to_transform",
+    "target_parameters": "target_parameters", "layer_replication": "layer_replication",
+    "trainable_token_indices": "trainable_token_indices", "alora_invocation_tokens": "aLoRA", "use_qalora": "QA-LoRA",
+}
+
+
+def _peft_match(name: str, patterns) -> bool:
+    """peft's rule: a string is a regex that must match the whole name; a list holds names or name suffixes."""
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def import_peft(model: nn.Module, directory: str | os.PathLike) -> Injection:
+    """Apply LoRA to ``model`` as described by a peft adapter folder and load its weights; return the handle.
+
+    Reads ``adapter_config.json`` and ``adapter_model.safetensors`` (written by peft's ``save_pretrained`` or by
+    :func:`export_peft`), wraps the modules peft would wrap (peft's matching rules), and loads the factors. Base
+    weights saved alongside (peft saves a targeted embedding's table) are loaded into the base layer, as peft does.
+    All names and shapes are checked first; on any mismatch the model is left as it was.
+
+    Raises:
+        ValueError: not a LoRA folder, a peft feature this file does not implement (DoRA, rank_pattern, …), target
+            modules not in the model, or tensors that do not fit it (wrong base model, rank or width).
+        FileNotFoundError: a missing file (only safetensors is read, never pickled ``.bin`` files).
+    """
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not config_path.exists():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is this a peft adapter folder?")
+    if not weights_path.exists():
+        hint = " (only adapter_model.bin is there: load and re-save it with peft, safe_serialization=True)" if (
+            directory / "adapter_model.bin").exists() else ""
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}{hint}.")
+    saved = json.loads(config_path.read_text())
+    if saved.get("peft_type") != "LORA":
+        raise ValueError(f"{config_path} describes a {saved.get('peft_type')!r} adapter, not LoRA.")
+    used = [what for key, what in _UNSUPPORTED.items() if saved.get(key)]
+    if used or saved.get("bias", "none") != "none":
+        raise ValueError(f"this adapter uses {', '.join(used) or 'trained biases'}, which minipeft's LoRA does not "
+                         "implement; load it with peft instead.")
+    targets = saved.get("target_modules")
+    if not targets or targets == "all-linear":
+        raise ValueError(f"target_modules={targets!r} in {config_path}: give the module names explicitly.")
+    exclude = saved.get("exclude_modules") or []
+
+    names = [n for n, _ in model.named_modules() if n and _peft_match(n, targets) and not _peft_match(n, exclude)]
+    if not names:
+        raise ValueError(f"none of target_modules={targets!r} is in this {type(model).__name__}; is it the base model "
+                         "the adapter was trained on?")
+    unsupported = [f"{n} ({type(model.get_submodule(n)).__name__})" for n in names
+                   if not isinstance(model.get_submodule(n), SUPPORTED_TYPES)]
+    if unsupported:
+        raise ValueError(f"the adapter targets {unsupported[0]}, a layer type minipeft's LoRA does not wrap "
+                         "(Linear, Embedding, Conv2d only).")
+
+    config = LoraConfig(r=saved["r"], alpha=saved.get("lora_alpha", 8), dropout=saved.get("lora_dropout", 0.0),
+                        target_modules=[re.escape(n) for n in names],  # exactly the modules peft would wrap
+                        use_rslora=bool(saved.get("use_rslora", False)))
+    tensors, _ = read_weights(weights_path)
+    foreign = sorted(k for k in tensors if not k.startswith(PEFT_PREFIX))
+    if foreign:
+        raise ValueError(f"{weights_path} has the key {foreign[0]!r}, not a peft LoRA key (base_model.model.…).")
+    state = {key[len(PEFT_PREFIX):]: value for key, value in tensors.items()}
+
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    handle = apply(model, config)
+    try:
+        missing = sorted(set(handle.state_dict()) - set(state))
+        if missing:
+            raise ValueError(f"cannot load: {weights_path} has no tensor for {missing[0]!r} ({len(missing)} missing); "
+                             "was it saved from a different model?")
+        load_weights(model, state, strict=False)  # checks every name and shape before copying anything
+    except BaseException:
+        handle.undo()  # put the original modules back and their requires_grad flags, as if nothing happened
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(requires_grad[name])
+        raise
+    return handle
