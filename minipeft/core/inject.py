@@ -158,6 +158,7 @@ class Injection:
     config: object = None
     replaced: dict[str, nn.Module] = field(default_factory=dict)  # name -> original module
     wrappers: dict[str, nn.Module] = field(default_factory=dict)  # name -> wrapper now in the model
+    requires_grad_before: dict[str, bool] = field(default_factory=dict)  # parameter name -> flag before inject
 
     def _each_wrapper(self, verb: str):
         if not self.wrappers:
@@ -234,11 +235,14 @@ class Injection:
         return self.model
 
     def undo(self) -> nn.Module:
-        """Put every original module back, with its original weights, and return the model."""
+        """Put every original module back, with its original weights and ``requires_grad`` flags; return the model."""
         if self.merged:
             self.unmerge()
         for name, original in self.replaced.items():
             replace_module(self.model, name, original)
+        for name, parameter in self.model.named_parameters():
+            if name in self.requires_grad_before:
+                parameter.requires_grad_(self.requires_grad_before[name])
         self.replaced.clear()
         self.wrappers.clear()
         return self.model
@@ -279,7 +283,8 @@ def inject(
                 "undo the first injection (handle.undo()) or merge it before adding another."
             )
     built = {name: make_wrapper(name, module) for name, module in found}
-    injection = Injection(model=model, method=method, config=config)
+    injection = Injection(model=model, method=method, config=config,
+                          requires_grad_before={n: p.requires_grad for n, p in model.named_parameters()})
     for name, wrapper in built.items():
         injection.replaced[name] = replace_module(model, name, wrapper)
         injection.wrappers[name] = wrapper

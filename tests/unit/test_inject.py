@@ -147,3 +147,13 @@ def test_handle_state_dict_round_trip_and_mismatch():
 def test_module_names_lists_candidates():
     names = module_names(tiny_llama(), types=nn.Linear)
     assert "lm_head" in names and "model.layers.0.mlp.down_proj" in names
+
+
+def test_undo_restores_requires_grad_flags():
+    model = mlp()
+    model[0].weight.requires_grad_(False)
+    handle = inject(model, lambda name, m: Scale(m), types=nn.Linear, method="scale")
+    for parameter in model.parameters():  # what a method's apply() does after injecting
+        parameter.requires_grad_(False)
+    handle.undo()
+    assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
