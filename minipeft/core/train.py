@@ -225,6 +225,7 @@ def train(
     *,
     evaluate: Callable[[nn.Module], dict] | None = None,
     collate: Callable[[list], Any] = default_collate,
+    groups: list[dict] | None = None,
 ) -> History:
     """Train the trainable parameters of ``model`` and return the :class:`History`.
 
@@ -235,15 +236,21 @@ def train(
         config: a :class:`TrainConfig`.
         evaluate: optional ``evaluate(model) -> {metric: float}``, run in ``eval()`` mode without gradients.
         collate: turns a list of examples into a batch (default: ``torch.utils.data.default_collate``).
+        groups: optional optimiser parameter groups (``[{"params": [...], "lr": 3e-2}, ...]``) for methods whose
+            parts need different learning rates (e.g. ProPETL's mask scores); a group without ``"lr"`` uses
+            ``config.lr``. Every group follows the same warm-up and decay. Default: all trainable parameters,
+            with weight decay on matrices only (:func:`minipeft.core.parameter_groups`).
     """
     if len(data) == 0:
         raise ValueError("the training set is empty.")
     device = torch.device(config.device) if config.device else default_device()
     model.to(device)
     use_amp = (device.type == "cuda") if config.amp is None else config.amp
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    if groups is None:
+        groups = parameter_groups(model, config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     for group in optimizer.param_groups:
-        group["initial_lr"] = config.lr
+        group["initial_lr"] = group["lr"]  # each group's peak learning rate; the schedule scales all of them
 
     start_step, history = 0, History()
     if config.resume and config.checkpoint and Path(config.checkpoint).exists():
@@ -288,7 +295,7 @@ def train(
             done = step + 1
             history.steps.append(done)
             history.loss.append(float(loss.detach()))
-            history.lr.append(config.lr * factor)
+            history.lr.append(config.lr * factor)  # the schedule of config.lr (other groups scale alike)
             bar.set_postfix(loss=f"{history.loss[-1]:.4f}", refresh=False)
             if config.eval_every and done % config.eval_every == 0 and done < config.steps:
                 run_evaluation(done)

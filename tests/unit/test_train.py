@@ -121,3 +121,13 @@ def test_diverging_loss_is_reported():
     model, data = problem()
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         train(model, data, lambda m, b: torch.tensor(float("nan"), requires_grad=True), config(steps=2))
+
+
+def test_parameter_groups_with_their_own_learning_rates():
+    model, data = problem()
+    fast, slow = model[0], model[3]
+    before = [p.detach().clone() for p in (fast.weight, slow.weight)]
+    groups = [{"params": list(fast.parameters()), "lr": 0.05}, {"params": list(slow.parameters())}]
+    train(model, data, loss_fn, config(steps=1, warmup_steps=0, lr=0.0, schedule="constant"), groups=groups)
+    assert not torch.equal(before[0], fast.weight)  # its own lr of 0.05 moved it
+    assert torch.equal(before[1], slow.weight)  # config.lr = 0 left it alone
