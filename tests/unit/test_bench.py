@@ -1,0 +1,106 @@
+"""The performance table (minipeft/bench.py) at a tiny size: JSON structure and the invariants it must show."""
+
+import importlib.util
+import json
+
+import pytest
+
+from minipeft import bench
+
+TINY = dict(hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64, vocab_size=128, batch_size=2,
+            seq_len=32, steps=2, warmup=1, rank=2, virtual_tokens=4)
+ROW_KEYS = {"trainable_parameters", "total_parameters", "activation_bytes", "step_ms", "full_step_ms",
+            "peft_step_ms", "merged", "inference_ms", "base_inference_ms", "step_vs_full", "activations_vs_full",
+            "inference_vs_base", "step_vs_peft"}
+
+
+def flags(**overrides):
+    settings = {**TINY, **overrides}
+    return [item for key, value in settings.items() for item in ("--" + key.replace("_", "-"), str(value))]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    returned = bench.main(flags(out=out))
+    return returned, json.loads(out.read_text())
+
+
+def test_json_structure(results):
+    returned, written = results
+    assert written == json.loads(json.dumps(returned))  # what main returns is what it wrote
+    assert {"config", "device", "hardware", "torch", "methods", "skipped", "notes"} <= set(written)
+    assert written["config"]["hidden_size"] == TINY["hidden_size"]
+    for name in ("full", "lora", "adapter", "ia3", "prompt", "prefix"):  # the methods minipeft has today
+        assert name in written["methods"], written["skipped"].get(name)
+    for name, row in written["methods"].items():
+        assert set(row) == ROW_KEYS, name
+        assert row["step_ms"] > 0 and row["inference_ms"] > 0 and row["base_inference_ms"] > 0, name
+        assert row["activation_bytes"] > 0, name
+        assert 0 < row["trainable_parameters"] <= row["total_parameters"], name
+    assert set(written["methods"]).isdisjoint(written["skipped"])
+    assert set(written["methods"]) | set(written["skipped"]) == set(bench.METHODS)
+
+
+def test_full_fine_tuning_is_the_baseline(results):
+    full = results[1]["methods"]["full"]
+    assert full["step_vs_full"] == 1.0 and full["activations_vs_full"] == 1.0
+    assert full["trainable_parameters"] == full["total_parameters"]
+    assert full["merged"] is None  # nothing to merge
+
+
+def test_lora_trainable_count_is_the_closed_form(results):
+    # r (d_in + d_out) per wrapped layer; q_proj is d -> d, v_proj is d -> kv_heads * head_dim, in every layer.
+    d, r = TINY["hidden_size"], TINY["rank"]
+    kv_width = TINY["kv_heads"] * d // TINY["heads"]
+    expected = TINY["layers"] * (r * (d + d) + r * (d + kv_width))
+    assert results[1]["methods"]["lora"]["trainable_parameters"] == expected
+
+
+def test_merged_lora_latency_is_measured(results):
+    methods = results[1]["methods"]
+    assert methods["lora"]["merged"] is True and methods["ia3"]["merged"] is True
+    lora = methods["lora"]
+    assert lora["inference_vs_base"] == pytest.approx(lora["inference_ms"] / lora["base_inference_ms"])
+    for name in ("adapter", "prompt", "prefix"):  # non-linear or not a weight: timed unmerged, flagged
+        assert methods[name]["merged"] is False, name
+
+
+def test_peft_methods_save_no_more_activations_than_full_fine_tuning(results):
+    methods = results[1]["methods"]
+    full = methods["full"]["activation_bytes"]
+    for name, row in methods.items():
+        if name == "glora":
+            # GLoRA (re-parameterised form) builds W' = W0 + W0*A + B in every forward, and autograd saves W' for
+            # the input gradient: on top of the layer inputs full fine-tuning saves, one weight-sized copy per
+            # layer. The table shows it above 1.0, and that is a finding, not a bug in the counter.
+            continue
+        # Prompt tuning runs P more positions, so with P large against T it can exceed full fine-tuning (SmolLM2,
+        # P=16, T=32: 1.05x); at this test's P=4, T=32 it stays below, as it does at the bench's defaults.
+        assert row["activation_bytes"] <= full, name
+
+
+def test_peft_column(results):
+    methods, notes = results[1]["methods"], results[1]["notes"]
+    if importlib.util.find_spec("peft") is None:
+        assert all(row["step_vs_peft"] is None for row in methods.values())
+        assert any("not installed" in note for note in notes)
+        return
+    for name in bench.PEFT_EQUIVALENTS:
+        assert methods[name]["step_vs_peft"] > 0, name
+    assert methods["adapter"]["step_vs_peft"] is None and methods["full"]["step_vs_peft"] is None
+
+
+def test_a_method_whose_module_is_missing_is_skipped(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(bench.METHODS, "ghost", ("no_such_method", lambda m, model, c: m.apply(model)))
+    results = bench.main(flags(methods="ghost", steps=1, warmup=0, out=tmp_path / "r.json"))
+    assert "ghost" in results["skipped"] and "no_such_method" in results["skipped"]["ghost"]
+    assert list(results["methods"]) == ["full"]  # the baseline always runs
+    assert "skipping ghost" in capsys.readouterr().out
+
+
+def test_unknown_method_and_model_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown method"):
+        bench.run(bench.parse_args(flags(methods="lorra", out=tmp_path / "r.json")))
+    with pytest.raises(ValueError, match="--model"):
+        bench.run(bench.parse_args(flags(model="gpt5", out=tmp_path / "r.json")))
