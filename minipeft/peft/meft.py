@@ -53,7 +53,8 @@ with adapters :math:`\approx 0`, :math:`G(y_1) \approx 0` and :math:`\beta = 1` 
 (MEFT1/2) or ~1e-5 (MEFT3), but through 4 tiny-BERT layers the bottom input is off by ~3e-3 (MEFT1/2, ≈ 10× per
 layer) and ~10 (MEFT3, ≈ 100× per layer); with :math:`\lambda = \beta = 1` the same stacks stay below 1e-5. The
 gradients inherit it: on all-MiniLM-L6-v2 (6 layers, fp32) the lowest layer's adapter gradients differ from plain
-autograd by ~1% (MEFT1) and ~6% (MEFT2), and MEFT3's lowest two layers get essentially wrong gradients; in float64
+autograd by ~1–2% (MEFT1) and ~6–17% (MEFT2) depending on the batch (chapter 7 measures it), and MEFT3's lowest
+two layers get essentially wrong gradients; padded positions are worse still, so keep them out of the loss; in float64
 (4 tiny-BERT layers) all three agree with plain autograd to 1e-13 – 4e-10. fp16 keeps 10 mantissa bits instead of 23
 and is far worse (the reference script trains in fp32 by default, ``FP16=false``). So reversibility is exact only in
 exact arithmetic: :math:`\lambda, \beta` trade the starting point (small is closer to the PLM) against
