@@ -1,0 +1,614 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. Prompt tuning, prefix tuning and P-tuning: learn the input, not the weights
+#
+# Adapters and LoRA change what a layer *computes*. The three methods of this chapter leave every layer exactly as it
+# was and instead learn a few **virtual tokens** that the frozen model reads before the real ones:
+#
+# * **prompt tuning** {cite}`lester2021prompt` learns $P$ input embeddings, placed in front of the embedded text;
+# * **prefix tuning** {cite}`li2021prefix` learns, in *every* layer, the keys and values of $P$ extra positions;
+# * **P-tuning** {cite}`liu2021ptuning` learns input embeddings too, but produces them with a small *prompt encoder*.
+#
+# We train all three and LoRA {cite}`hu2021lora` on the same task as chapter 3 — teaching SmolLM2-135M-Instruct a
+# robot persona — with **the same number of trainable parameters**, and compare what they learn and what they cost.
+# Lester et al. found prompt tuning competitive with full fine-tuning only on models of billions of parameters; we
+# will see what it takes to make it work on a model of 135 million.
+#
+# **Learning goals.** (a) Write where each method's virtual tokens enter the transformer and count their
+# parameters; (b) see that a prefix *is* a key/value cache and a soft prompt *is* a hard prompt that gradient descent
+# may move off the vocabulary; (c) match trainable-parameter budgets across methods and read the compute price of
+# virtual tokens; (d) explain why initialisation and model scale matter so much for prompt-style methods.
+
+# %% tags=["parameters"]
+import time
+from dataclasses import dataclass
+
+import minipeft
+
+CHAPTER_START = time.perf_counter()
+SCALE = minipeft.scale()  # "ci" on a CPU (about 3 minutes), "full" on a GPU; set MINIPEFT_SCALE to choose
+SEED = 0
+
+
+@dataclass
+class Sizes:
+    steps: int  # training steps per method (the same for all four methods)
+    batch_size: int
+    fact_questions: int  # held-out fact questions answered before/after training
+    open_questions: int  # questions from other domains (persona only; no fact to check)
+    max_new_tokens: int
+    learning_rates: dict  # per method: prompt-style methods need much larger steps than LoRA
+    token_sweep: dict  # method -> numbers of virtual tokens for "how many are needed?" (empty: skipped)
+    device: str | None  # None: CUDA if available
+
+
+SIZES = {
+    "ci": Sizes(steps=12, batch_size=4, fact_questions=6, open_questions=2, max_new_tokens=28,
+                learning_rates={"prompt tuning": 3e-2, "prefix tuning": 5e-2, "P-tuning": 1e-1, "LoRA": 2e-2},
+                token_sweep={}, device="cpu"),
+    "full": Sizes(steps=150, batch_size=16, fact_questions=31, open_questions=6, max_new_tokens=40,
+                  learning_rates={"prompt tuning": 3e-2, "prefix tuning": 5e-2, "P-tuning": 1e-1, "LoRA": 2e-2},
+                  token_sweep={"prompt tuning": (1, 5, 10, 20, 40, 100), "prefix tuning": (1, 2, 5, 10, 20)},
+                  device=None),
+}[SCALE]
+print(f"scale={SCALE}  seed={SEED}  {SIZES}")
+
+# %% [markdown]
+# ## 4.1 The idea: where the virtual tokens go
+#
+# Let $X_e \in \mathbb{R}^{n \times e}$ be the embedded input of $n$ tokens and $\theta$ the frozen model.
+#
+# **Prompt tuning** learns a prompt $P_e \in \mathbb{R}^{p \times e}$ and trains it to maximise the likelihood of the
+# answer $Y$ given the concatenation, with $\theta$ frozen {cite}`lester2021prompt`:
+#
+# $$
+# \max_{P_e}\; \log \Pr\nolimits_{\theta;\,P_e}\big(Y \mid [P_e; X_e]\big). \tag{4.1}
+# $$
+#
+# **Prefix tuning** gives every layer $l$ its own $P$ positions. Only the keys and values of a position are ever read
+# by later positions, so each attention head of layer $l$ computes, for the real tokens $C$ {cite}`li2021prefix`,
+#
+# $$
+# \mathrm{head} = \mathrm{Attn}\big(C W_q,\; [P_k^{(l)}; C W_k],\; [P_v^{(l)}; C W_v]\big),
+# \qquad P_k^{(l)}, P_v^{(l)} \in \mathbb{R}^{P \times d_{head}}. \tag{4.2}
+# $$
+#
+# **P-tuning** {cite}`liu2021ptuning` puts virtual tokens at the input like (4.1), but computes them with a prompt
+# encoder from free embeddings $h_0, \dots, h_{P-1}$, so they are trained jointly rather than independently (here the
+# MLP variant, `peft`'s default; the paper also uses a bidirectional LSTM in front of it):
+#
+# $$
+# P_e[i,:] = \mathrm{MLP}(h_i) = W_3\,\mathrm{ReLU}\big(W_2\,\mathrm{ReLU}(W_1 h_i + b_1) + b_2\big) + b_3. \tag{4.3}
+# $$
+#
+# **Parameter counts.** For a model of width $d$ with $L$ layers, $H_{kv}$ key/value heads of width $d_{head}$, and
+# a prompt encoder of hidden width $h$:
+#
+# $$
+# \underbrace{P\,d}_{\text{prompt tuning}} \qquad
+# \underbrace{2\,L\,H_{kv}\,d_{head}\,P}_{\text{prefix tuning}} \qquad
+# \underbrace{P\,d + (d h + h) + (h^2 + h) + (h d + d)}_{\text{P-tuning}} \qquad
+# \underbrace{L\,r\,(d_{in} + d_{out})}_{\text{LoRA on one matrix per layer}} \tag{4.4}
+# $$
+#
+# In SmolLM2 ($d = 576$, $L = 30$, $H_{kv} = 3$, $d_{head} = 64$) one virtual token costs 576 parameters as a soft
+# prompt but 11,520 as a prefix: at equal budgets prompt tuning gets **20 times more virtual tokens** than prefix
+# tuning — and pays for them in compute, because every one of them is a real position in every forward pass.
+#
+# **How the library plugs them in.** `minipeft.peft.prefix.apply` attaches the trainable module to the model and
+# registers a *forward pre-hook* that rewrites each call's arguments: prompt tuning and P-tuning prepend $P$ embeddings
+# to `inputs_embeds` (and $P$ times $-100$ to the labels); prefix tuning hands the model a key/value cache that already
+# holds the $P$ prefix positions — which is exactly equation (4.2). Here is the hook:
+
+# %%
+from minipeft.core import show_source
+from minipeft.peft import lora, prefix
+
+show_source(prefix.PromptHandle._rewrite)
+
+# %% [markdown]
+# and the function that turns a prefix into a pre-filled cache, one layer at a time:
+
+# %%
+show_source(prefix.PromptHandle._prefilled_cache)
+
+# %% [markdown]
+# ## 4.2 The task and the model before training
+#
+# The robot persona of chapter 3: questions whose correct answers are wrapped in *"Beep boop! … Have a logical day,
+# human."* We train on the 172 generated pairs and ask held-out fact questions (countries, animals, opposites and sums
+# never seen in training) plus questions from other domains. We measure three things: how many answers **follow the
+# persona**, how many held-out answers still **contain the fact**, and the **held-out loss** — the cross-entropy of
+# the persona answers to the held-out fact questions under teacher forcing (answer tokens only).
+
+# %%
+import math
+
+import torch
+from torch.utils.data import default_collate
+
+from minipeft.core import Stopwatch, count_parameters, move_to
+from minipeft.datasets import follows_persona, make_instructions
+from minipeft.datasets.instructions import OPEN_QUESTIONS
+from minipeft.models import generate_answers, load_smollm2, tokenize_chat_pairs, trim_batch
+
+torch.manual_seed(SEED)
+llm, tokenizer = load_smollm2()
+train_pairs = make_instructions("train", seed=SEED)
+test_pairs = make_instructions("test", seed=SEED)[: SIZES.fact_questions]
+questions = [p.question for p in test_pairs] + OPEN_QUESTIONS[1 : 1 + SIZES.open_questions]
+examples = tokenize_chat_pairs(tokenizer, [(p.question, p.answer) for p in train_pairs])
+test_examples = tokenize_chat_pairs(tokenizer, [(p.question, p.answer) for p in test_pairs])
+
+
+def heldout_loss(model):
+    """Mean cross-entropy of the persona answers to the held-out fact questions (answer tokens only)."""
+    batch = move_to(trim_batch(default_collate(test_examples)), model.device)
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+def evaluate(answers):
+    """(answers that follow the persona, held-out answers that contain the plain fact)."""
+    persona = sum(map(follows_persona, answers))
+    facts = sum(p.plain_answer.lower() in a.lower() for p, a in zip(test_pairs, answers))
+    return persona, facts
+
+
+base_answers = generate_answers(llm, tokenizer, questions, max_new_tokens=SIZES.max_new_tokens)
+base_loss = heldout_loss(llm)
+base_persona, base_facts = evaluate(base_answers)
+for question, answer in zip(questions, base_answers):
+    print(f"Q: {question}\nA: {answer}\n")
+print(f"persona followed {base_persona}/{len(questions)}, facts stated {base_facts}/{len(test_pairs)}, "
+      f"held-out loss {base_loss:.3f}")
+
+# %% [markdown]
+# ## 4.3 Four methods at one budget
+#
+# We pick sizes that make the four budgets (almost) equal, using the closed forms (4.4):
+#
+# | method | configuration | what trains |
+# |---|---|---|
+# | prompt tuning | $P = 40$ | a $40 \times 576$ table of input embeddings |
+# | prefix tuning | $P = 2$, no reparameterisation | keys and values of 2 positions in each of the 30 layers |
+# | P-tuning | $P = 10$, MLP encoder with $h = 14$ | 10 free embeddings and a $576 \to 14 \to 14 \to 576$ MLP |
+# | LoRA | $r = 1$ on `v_proj` ($576 \to 192$), $\alpha = 2$ | $A \in \mathbb{R}^{1 \times 576}$, $B \in \mathbb{R}^{192 \times 1}$ per layer |
+#
+# **Initialisation.** Prompt tuning starts from the embeddings of an instruction text (the library's `init="text"`;
+# starting from real embeddings instead of random numbers is one of the choices Lester et al. compare). We give prefix
+# tuning the same start in its own terms: the keys and values the frozen model computes for the first $P$ tokens of
+# the same text — initialising a prefix with the activations of real words is a choice Li & Liang study too. The
+# library's default prefix is random (section 4.4 shows why we avoid it); P-tuning's encoder has no "text" to start
+# from, so it starts as `peft`'s does.
+
+# %%
+import dataclasses
+
+INIT_TEXT = 'You are a robot. Start every answer with "Beep boop!" and end it with "Have a logical day, human."'
+CONFIGS = {
+    "prompt tuning": prefix.PromptTuningConfig(num_virtual_tokens=40, init="text", init_text=INIT_TEXT),
+    "prefix tuning": prefix.PrefixTuningConfig(num_virtual_tokens=2),
+    "P-tuning": prefix.PTuningConfig(num_virtual_tokens=10, encoder="mlp", encoder_hidden_size=14),
+    "LoRA": lora.LoraConfig(r=1, alpha=2, target_modules=["v_proj"]),
+}
+
+
+def text_ids(text, length):
+    """The library's text-init rule: the text's token ids, repeated until they cover `length` positions, then cut."""
+    ids = tokenizer(text)["input_ids"]
+    return (ids * math.ceil(length / len(ids)))[:length]
+
+
+@torch.no_grad()
+def prefix_from_text(text, length):
+    """Prefix keys and values = what the frozen model caches for the text's first `length` tokens.
+
+    Call it on the bare model: with a prompt method attached, the hook would add its own virtual tokens.
+    """
+    ids = torch.tensor([text_ids(text, length)], device=llm.device)
+    cache = llm(input_ids=ids, use_cache=True).past_key_values
+    keys = torch.stack([layer.keys[0] for layer in cache.layers])  # (L, H_kv, P, d_head)
+    values = torch.stack([layer.values[0] for layer in cache.layers])  # (L, H_kv, P, d_head)
+    return {"minipeft_prompt.prefix_keys": keys, "minipeft_prompt.prefix_values": values}
+
+
+def attach(name, config=None):
+    """Apply one method to `llm` (frozen) with the initialisation described above; returns its handle."""
+    config = config or CONFIGS[name]
+    torch.manual_seed(SEED)
+    if isinstance(config, lora.LoraConfig):
+        return lora.apply(llm, config)
+    if isinstance(config, prefix.PrefixTuningConfig):
+        start = prefix_from_text(INIT_TEXT, config.num_virtual_tokens)  # computed before the hook is in place
+        handle = prefix.apply(llm, config)
+        handle.load_state_dict(start)
+        return handle
+    return prefix.apply(llm, config, tokenizer=tokenizer)
+
+
+model_config = llm.config
+L, d, H_kv = model_config.num_hidden_layers, model_config.hidden_size, model_config.num_key_value_heads
+d_head = model_config.head_dim
+P_prompt = CONFIGS["prompt tuning"].num_virtual_tokens
+P_prefix = CONFIGS["prefix tuning"].num_virtual_tokens
+P_pt, h = CONFIGS["P-tuning"].num_virtual_tokens, CONFIGS["P-tuning"].encoder_hidden_size
+r = CONFIGS["LoRA"].r
+closed_form = {
+    "prompt tuning": P_prompt * d,
+    "prefix tuning": 2 * L * H_kv * d_head * P_prefix,
+    "P-tuning": P_pt * d + (d * h + h) + (h * h + h) + (h * d + d),
+    "LoRA": L * r * (d + H_kv * d_head),  # v_proj maps d -> H_kv * d_head
+}
+counted = {}
+for name in CONFIGS:
+    handle = attach(name)
+    counted[name] = count_parameters(llm, trainable_only=True)
+    handle.undo()
+total = count_parameters(llm)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"SmolLM2: L={L}, d={d}, H_kv={H_kv}, d_head={d_head}, {total:,} parameters")
+print(f"{'method':14} {'closed form':>12} {'counted':>9} {'equal':>6} {'% of model':>11}")
+for name in CONFIGS:
+    print(f"{name:14} {closed_form[name]:>12,} {counted[name]:>9,} {str(closed_form[name] == counted[name]):>6} "
+          f"{100 * counted[name] / total:>10.4f}%")
+
+# %% [markdown]
+# Three budgets are exactly 23,040; P-tuning's MLP cannot hit it exactly and is 1.5 % smaller. All four train about
+# 0.017 % of the model. (Li & Liang's abstract speaks of 0.1 % of the parameters; we are well below that.)
+#
+# ## 4.4 Sanity checks: what is, and is not, true at initialisation
+#
+# **Undo is exact.** `handle.undo()` removes the hook and the module; the model must give *bit-identical* logits to
+# the untouched model. **LoRA starts as the identity** ($B = 0$); the prompt-style methods cannot — any extra position
+# that attention can read changes the output.
+
+# %%
+probe = move_to(trim_batch(default_collate(test_examples[:2])), llm.device)
+probe = {"input_ids": probe["input_ids"], "attention_mask": probe["attention_mask"]}
+
+
+@torch.no_grad()
+def logits_of(batch):
+    return llm(**batch).logits
+
+
+base_logits = logits_of(probe)
+identity_at_init, undo_exact = {}, {}
+for name in CONFIGS:
+    handle = attach(name)
+    adapted = logits_of(probe)
+    if isinstance(handle, prefix.PromptHandle):
+        adapted = handle.strip_virtual_tokens(adapted)  # prompt tuning / P-tuning return P extra positions
+    identity_at_init[name] = torch.equal(adapted, base_logits)
+    handle.undo()
+    undo_exact[name] = torch.equal(logits_of(probe), base_logits)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for name in CONFIGS:
+    print(f"{name:14} output at init == base: {str(identity_at_init[name]):5}  "
+          f"after undo() == base: {undo_exact[name]}")
+
+# %% [markdown]
+# **A soft prompt starts as a hard prompt.** With `init="text"` the prompt table holds exactly the embeddings of the
+# text's tokens, so at step 0 the adapted model is the base model with the text typed in front of the chat — the
+# logits of the real tokens must match (up to float rounding). Prompt tuning and P-tuning return logits for $P + T$
+# positions; `strip_virtual_tokens` drops the first $P$.
+
+# %%
+handle = attach("prompt tuning")
+ids = torch.tensor(text_ids(INIT_TEXT, P_prompt), device=llm.device)
+table_is_text = torch.equal(handle.module.prompt_embeddings.detach(), llm.get_input_embeddings().weight[ids].detach())
+soft = logits_of(probe)
+soft_shape, stripped_shape = tuple(soft.shape), tuple(handle.strip_virtual_tokens(soft).shape)
+soft = handle.strip_virtual_tokens(soft)
+# The hard-prompt baseline Lester et al. compare with ("prompt design"): the instruction alone, nothing trained.
+hard_prompt_answers = generate_answers(llm, tokenizer, questions, max_new_tokens=SIZES.max_new_tokens)
+hard_prompt_loss = heldout_loss(llm)
+handle.undo()
+batch_size = probe["input_ids"].shape[0]
+hard = {"input_ids": torch.cat([ids.expand(batch_size, -1), probe["input_ids"]], dim=1),  # (B, P+T)
+        "attention_mask": torch.cat([torch.ones_like(ids).expand(batch_size, -1), probe["attention_mask"]], dim=1)}
+hard_difference = (logits_of(hard)[:, P_prompt:] - soft).abs().max().item()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("prompt table == embeddings of the init text:", table_is_text)
+print(f"logits with the prompt: {soft_shape} -> strip_virtual_tokens -> {stripped_shape}")
+print("soft prompt at init == the text typed as a hard prompt (max |diff| < 1e-4):", hard_difference < 1e-4)
+
+# %% [markdown]
+# **A prefix is a key/value cache.** The library initialises prefix keys and values like `nn.Embedding` (and `peft`):
+# $\mathcal{N}(0, 1)$ — not zero, and not an identity. Keys and values the model never produced are attended to by
+# every real token in every layer, which wrecks the pretrained function before training starts. Our text
+# initialisation instead *is* a cache the model produced, so the prefixed model equals the base model with those
+# $P$ tokens typed in front (equation 4.2 read backwards).
+
+# %%
+torch.manual_seed(SEED)
+handle = prefix.apply(llm, CONFIGS["prefix tuning"])  # the library's default initialisation
+keys, values = handle.module()
+random_prefix_std = torch.cat([keys.flatten(), values.flatten()]).std().item()
+random_prefix_loss = heldout_loss(llm)
+handle.undo()
+
+handle = attach("prefix tuning")  # keys and values of the first P tokens of INIT_TEXT
+text_prefix_loss = heldout_loss(llm)
+prefixed = logits_of(probe)
+handle.undo()
+prefix_ids = torch.tensor(text_ids(INIT_TEXT, P_prefix), device=llm.device)
+ones = torch.ones_like(prefix_ids).expand(batch_size, -1)
+hard = {"input_ids": torch.cat([prefix_ids.expand(batch_size, -1), probe["input_ids"]], dim=1),  # (B, P+T)
+        "attention_mask": torch.cat([ones, probe["attention_mask"]], dim=1)}
+prefix_difference = (logits_of(hard)[:, P_prefix:] - prefixed).abs().max().item()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"library prefix init: std of keys and values = {random_prefix_std:.1f} (N(0, 1))")
+print(f"prefix from the text's cache == the {P_prefix} text tokens typed in front (max |diff| < 1e-4):",
+      prefix_difference < 1e-4)
+handle = attach("prefix tuning")
+try:
+    handle.merge()
+except NotImplementedError as error:
+    print("merge():", error)
+llm = handle.undo()  # undo() hands back the restored model
+
+# %%
+print(f"held-out loss: base model {base_loss:.3f} | random prefix (library default) {random_prefix_loss:.3f} | "
+      f"prefix from the text {text_prefix_loss:.3f} | instruction as a hard prompt {hard_prompt_loss:.3f}")
+assert random_prefix_loss > base_loss + 1.0, (base_loss, random_prefix_loss)
+
+# %% [markdown]
+# Merging is impossible for all three prompt-style methods — there is no weight to fold a virtual token into — so
+# the handle raises with the reason. The price is paid at inference: the virtual tokens are processed on every call.
+#
+# ## 4.5 Train the four methods
+#
+# Same data, same order of batches (`seed`), same number of steps and batch size, bf16 autocast, the loss on the
+# answer tokens only. Only the learning rate differs: a soft prompt or a prefix is an *input*, and moving it far
+# enough takes larger steps than LoRA's (we tried a couple of values per method offline and fixed
+# them in `Sizes`). The same `generate_answers` works for every method: the hook handles each step of `generate`.
+
+# %%
+from minipeft.core import TrainConfig, train
+
+
+def persona_loss(model, batch):
+    return model(**trim_batch(batch)).loss
+
+
+runs = {}
+for name in CONFIGS:
+    handle = attach(name)
+    config = TrainConfig(steps=SIZES.steps, batch_size=SIZES.batch_size, lr=SIZES.learning_rates[name],
+                         warmup_steps=2, seed=SEED, device=SIZES.device, amp=True)
+    history = train(llm, examples, persona_loss, config)
+    llm.eval()
+    with Stopwatch() as generation:
+        answers = generate_answers(llm, tokenizer, questions, max_new_tokens=SIZES.max_new_tokens)
+    persona, facts = evaluate(answers)
+    runs[name] = {"trainable": count_parameters(llm, trainable_only=True), "history": history, "answers": answers,
+                  "heldout": heldout_loss(llm), "persona": persona, "facts": facts, "generate_s": generation.seconds}
+    handle.undo()  # back to the untouched model for the next method
+    print(f"{name}: loss {history.loss[0]:.3f} -> {history.loss[-1]:.3f}, persona {persona}/{len(questions)}, "
+          f"facts {facts}/{len(test_pairs)}, {history.wall_time:.0f} s")
+
+# %% [markdown]
+# ## 4.6 Results
+
+# %%
+import matplotlib.pyplot as plt
+
+hard_persona, hard_facts = evaluate(hard_prompt_answers)
+print(f"{'method':30} {'trainable':>9} {'held-out loss':>13} {'persona':>8} {'facts':>6} {'final loss':>10} "
+      f"{'train time':>10} {'s/step':>7}")
+print(f"{'base model':30} {0:>9,} {base_loss:>13.3f} {base_persona:>4}/{len(questions)} "
+      f"{base_facts:>4}/{len(test_pairs)}")
+print(f"{'instruction as a hard prompt':30} {0:>9,} {hard_prompt_loss:>13.3f} {hard_persona:>4}/{len(questions)} "
+      f"{hard_facts:>4}/{len(test_pairs)}")
+for name, run in runs.items():
+    seconds = run["history"].wall_time
+    print(f"{name:30} {run['trainable']:>9,} {run['heldout']:>13.3f} {run['persona']:>4}/{len(questions)} "
+          f"{run['facts']:>4}/{len(test_pairs)} {run['history'].loss[-1]:>10.3f} {seconds:>8.0f} s "
+          f"{seconds / SIZES.steps:>7.2f}")
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+for name, run in runs.items():
+    axes[0].plot(run["history"].steps, run["history"].loss, "o-", ms=3, label=name)
+axes[0].set(xlabel="training step", ylabel="cross-entropy on answer tokens (nats, log scale)", yscale="log",
+            title=f"Training loss, {counted['LoRA']:,}-parameter budget")
+axes[0].legend()
+labels = ["base", "hard prompt"] + list(runs)
+heldout = [base_loss, hard_prompt_loss] + [run["heldout"] for run in runs.values()]
+axes[1].bar(labels, heldout, color=["gray", "silver"] + [f"C{i}" for i in range(len(runs))])
+axes[1].set(ylabel="held-out loss (nats)", title="Held-out persona loss after training")
+axes[1].tick_params(axis="x", rotation=30)
+# Cost of a forward pass ~ positions computed: soft prompts add P input positions, a prefix only P cached keys.
+real_length = sum(int(e["attention_mask"].sum()) for e in examples) / len(examples)
+extra_positions = {name: CONFIGS[name].num_virtual_tokens if name in ("prompt tuning", "P-tuning") else 0
+                   for name in runs}
+axes[2].bar(list(runs), [real_length + extra_positions[name] for name in runs],
+            color=[f"C{i}" for i in range(len(runs))])
+axes[2].axhline(real_length, color="gray", ls=":", label="the real tokens")
+axes[2].set(ylabel="positions computed per example (mean)", title="The compute price of virtual tokens")
+axes[2].legend()
+axes[2].tick_params(axis="x", rotation=30)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# What the models now say (the first answers of each; before = the base model):
+
+# %%
+for index in (0, 1, 2, len(questions) - 1):
+    question = questions[index]
+    print(f"Q: {question}\n  {'before':14}: {base_answers[index]}")
+    for name, run in runs.items():
+        print(f"  {name:14}: {run['answers'][index]}")
+    print()
+
+# %% [markdown]
+# The chapter's claims, checked every time the notebook runs (thresholds set from measured margins, with room for
+# noise): LoRA learns the persona on most questions; every method lowers the held-out loss by more than a nat; the
+# best prompt-style method lowers it by more than two; the prefix initialised from the text learns the persona; and
+# training — not only the instruction it started from — is what makes the soft prompt work.
+#
+# **Reading the table.** At this budget and this number of steps, LoRA, prefix tuning and prompt tuning all learn the
+# persona; P-tuning lags far behind. Its budget buys a 14-wide encoder: the last layer of equation (4.3) maps a
+# 14-dimensional vector to the 576-dimensional embedding space, so all ten virtual tokens live in one 15-dimensional
+# affine subspace, and they start from random numbers, not from text. (Its learning rate is also delicate: at 3e-1
+# the loss jumped up in our offline trials.) The facts column rises from the base model's because trained answers are
+# short and say the fact plainly, where the base model rambles; with six questions it is a coarse measure.
+
+# %%
+prompt_style = ("prompt tuning", "prefix tuning", "P-tuning")
+best_prompt_style = min(runs[name]["heldout"] for name in prompt_style)
+assert runs["LoRA"]["persona"] >= 6, runs["LoRA"]["persona"]
+assert all(run["heldout"] < base_loss - 1.0 for run in runs.values()), {n: r["heldout"] for n, r in runs.items()}
+assert best_prompt_style < base_loss - 2.0, (base_loss, best_prompt_style)
+assert runs["prefix tuning"]["persona"] >= 5, runs["prefix tuning"]["persona"]
+assert runs["prompt tuning"]["heldout"] < hard_prompt_loss - 0.5, (hard_prompt_loss, runs["prompt tuning"]["heldout"])
+
+# %% [markdown]
+# ## 4.7 How many virtual tokens are needed?
+#
+# Lester et al. ablate the prompt length and find that the answer depends on model size. At `full` scale this cell
+# trains prompt tuning and prefix tuning at several lengths (`SIZES.token_sweep`) and plots the held-out loss against
+# the trainable parameters. At `ci` scale it is skipped: each run costs as much as a row of the table above.
+
+# %%
+sweep = []
+for name, lengths in SIZES.token_sweep.items():
+    for length in lengths:
+        handle = attach(name, dataclasses.replace(CONFIGS[name], num_virtual_tokens=length))
+        config = TrainConfig(steps=SIZES.steps, batch_size=SIZES.batch_size, lr=SIZES.learning_rates[name],
+                             warmup_steps=2, seed=SEED, device=SIZES.device, amp=True, progress=False)
+        history = train(llm, examples, persona_loss, config)
+        llm.eval()
+        persona, _ = evaluate(generate_answers(llm, tokenizer, questions, max_new_tokens=SIZES.max_new_tokens))
+        sweep.append((name, length, count_parameters(llm, trainable_only=True), heldout_loss(llm), persona,
+                      history.wall_time / SIZES.steps))
+        handle.undo()
+        print(f"{name} P={length}: {sweep[-1][2]:,} parameters, held-out loss {sweep[-1][3]:.3f}, "
+              f"persona {persona}/{len(questions)}, {sweep[-1][5]:.2f} s/step")
+if sweep:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in SIZES.token_sweep:
+        points = [s for s in sweep if s[0] == name]
+        ax.plot([s[2] for s in points], [s[3] for s in points], "o-", label=name)
+        for s in points:
+            ax.annotate(f"P={s[1]}", (s[2], s[3]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(runs["LoRA"]["heldout"], color="C3", ls=":", label=f"LoRA r={r} (section 4.5)")
+    ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="held-out loss (nats)",
+           title="How many virtual tokens are needed?")
+    ax.legend()
+    plt.tight_layout()
+    plt.show()
+else:
+    print(f"skipped at {SCALE} scale (SIZES.token_sweep is empty); run with MINIPEFT_SCALE=full to sweep.")
+
+# %% [markdown]
+# ## 4.8 The papers reported / we measured
+#
+# | claim | source | we measured (this run) |
+# |---|---|---|
+# | Prompt tuning "becomes more competitive with scale: as models exceed billions of parameters, our method 'closes the gap' and matches the strong performance of model tuning" (T5 ablations on model size) | Lester et al. 2021 {cite}`lester2021prompt`, abstract | SmolLM2 has 135 M parameters, far below that; compare prompt tuning's row with LoRA's in §4.6 |
+# | Learning "only 0.1% of the parameters, prefix-tuning obtains comparable performance in the full data setting, outperforms fine-tuning in low-data settings" (GPT-2 table-to-text, BART summarisation) | Li & Liang 2021 {cite}`li2021prefix`, abstract | prefix tuning with 0.017 % of the parameters, 172 examples: its row in §4.6 |
+# | P-tuning's trainable continuous prompts stabilise training and improve NLU results (LAMA, SuperGLUE), for frozen and tuned models | Liu et al. 2021 {cite}`liu2021ptuning`, abstract | P-tuning at a 14-wide encoder: its row in §4.6 |
+# | "prior work reveals that prompt tuning does not perform well for normal-sized pretrained models"; deep prompts (a prefix in every layer) match fine-tuning "while having only 0.1%-3% tuned parameters" | Liu et al. 2022, P-tuning v2 {cite}`liu2022ptuningv2`, abstract | prefix (every layer) vs prompt (input only) at equal budget, §4.6 |
+#
+# **Why prompt tuning is weak at small scale.** A soft prompt enters only at layer 0. Everything it changes must be
+# carried through 30 frozen layers by the model's own attention, so it can only *ask* the model for behaviour the model
+# can already be steered into; a prefix writes keys and values into *every* layer, and LoRA changes the computation
+# itself. Lester et al. find that this handicap fades with scale — prompt tuning "closes the gap" only as models
+# exceed billions of parameters — and P-tuning v2 closes it for normal-sized models by putting prompts into every
+# layer, which is prefix tuning's design. In our run the soft prompt
+# does *not* look weak, and the reason is instructive: it started from an instruction that already describes the
+# persona (the "hard prompt" row lowers the held-out loss a lot before any training, though the untrained model does
+# not actually follow the persona on our questions), and the task — a fixed wrapper around answers the model already
+# knows — is about the easiest a prompt can be asked to do. In our offline trials a randomly initialised prompt of
+# the same size had learned much less after 16 steps (Exercise 1 lets you see it). The prompt also costs compute:
+# 40 virtual tokens lengthen every training and inference sequence by about two thirds
+# (right-hand panel), while a 2-position prefix adds only two keys to attend to, and merged LoRA nothing.
+#
+# **Why ours may differ.** One seed, a dozen steps of 4 examples (at `ci` scale), a 4-bit-quantised (then
+# dequantised) model, a generated style task rather than the papers' benchmarks, learning rates chosen from a
+# handful of short trials, and timings on a shared CPU: seconds per step change between runs, and even between the
+# methods of one run, with the load on the machine — the positions panel is the reliable measure of cost.
+#
+# ## 4.9 Pitfalls
+#
+# * **Random prefixes break the model.** $\mathcal{N}(0,1)$ keys and values (the library's and `peft`'s default) raise
+#   the loss far above the base model's before training starts (§4.4). Start from real activations, or use Li &
+#   Liang's MLP reparameterisation (`prefix_projection=True`) — at the price of many more *training* parameters.
+# * **Learning rates.** Prompt-style methods need steps several times larger than LoRA's (here 1.5× to 5×), and the
+#   window is narrow: too small and a short run barely moves, too large and the loss jumps. Sweep it; it is the most
+#   sensitive setting of these methods.
+# * **Extra logits.** Prompt tuning and P-tuning return $P$ extra positions; slice them off
+#   (`strip_virtual_tokens`) before comparing with the base model or computing metrics position by position.
+# * **Grouped-query attention.** A prefix lives in the key/value cache, so it has `num_key_value_heads` heads
+#   (3 here), not `num_attention_heads` (9): sizing it by the query heads is a classic bug (`peft` issue #1901).
+# * **Call the model, not `model.forward`.** The virtual tokens are added by a forward pre-hook, which PyTorch runs
+#   only through `model(...)` (and therefore `generate`).
+# * **Budgets are not costs.** Equal trainable parameters can mean very different compute: prompt tuning's budget is
+#   sequence length.
+#
+# ## 4.10 Exercises
+#
+# 1. Train prompt tuning from `init="random"` and from `init="vocab"` with the same budget. How many steps does each
+#    need to reach the held-out loss of the text initialisation? (Lester et al. also compare initialisations.)
+# 2. Train prefix tuning with the library's random initialisation at learning rates 1e-2 and 3e-2. Then try
+#    `prefix_projection=True` with a small `encoder_hidden_size`; count its training and its inference parameters.
+# 3. Replace P-tuning's MLP by the LSTM encoder (`encoder="lstm"`) at a matched budget. Is it better?
+# 4. Give every method ten times the budget (prompt $P = 400$ is impractical — why?). Which improves most?
+# 5. Export the trained prompt with `handle.export_prompt_embeddings()`: which of its rows are closest to real
+#    vocabulary embeddings (nearest neighbour by cosine)? Do they spell anything?
+#
+# ## 4.11 Record what this run measured
+#
+# The last cell writes `notebooks/results/04_prompts_and_prefixes.json`.
+
+# %%
+from minipeft.core.results import record
+
+record(
+    "04_prompts_and_prefixes", "Prompt, prefix and P-tuning vs LoRA at a matched budget",
+    {
+        **{f"{name} persona followed": (100 * run["persona"] / len(questions), "%") for name, run in runs.items()},
+        **{f"{name} held-out loss": (run["heldout"], "nats/token") for name, run in runs.items()},
+        **{f"{name} facts kept": (run["facts"], f"of {len(test_pairs)}") for name, run in runs.items()},
+        **{f"{name} train time": (run["history"].wall_time, "s") for name, run in runs.items()},
+        "base held-out loss": (base_loss, "nats/token"),
+        "hard prompt held-out loss": (hard_prompt_loss, "nats/token"),
+        "random prefix held-out loss at init": (random_prefix_loss, "nats/token"),
+    },
+    trainable_parameters=counted["prompt tuning"],
+    paper_claims=[{"claim": "prompt tuning matches model tuning as models exceed billions of parameters",
+                   "source": "Lester et al. 2021, arXiv:2104.08691, abstract"},
+                  {"claim": "prefix tuning: 0.1% of the parameters, comparable in the full-data setting",
+                   "source": "Li & Liang 2021, arXiv:2101.00190, abstract"}],
+    scale=SCALE, seed=SEED, wall_time_s=time.perf_counter() - CHAPTER_START,
+)
+print(f"chapter wall time: {time.perf_counter() - CHAPTER_START:.0f} s")
+
+# %% [markdown]
+# ## References
+#
+# The works cited in this chapter are listed, with the whole book's, in the {doc}`../book/bibliography`.
