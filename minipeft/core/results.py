@@ -99,7 +99,7 @@ def chapter_table(records: list[dict] | None = None) -> str:
     """The README's chapter table (Markdown) from the results records."""
     records = load_all() if records is None else records
     lines = [
-        "| chapter | what it measured (at the recorded scale) | scale | CPU time |",
+        "| chapter | what it measured (at the recorded scale) | scale | wall time |",
         "|---|---|---|---:|",
     ]
     for r in records:
