@@ -1,0 +1,664 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 5. GLoRA: one layer that contains many methods, and a search for which one each layer uses
+#
+# LoRA (chapter 3) adds a low-rank matrix to a weight. (IA)³ rescales activations, bias tuning shifts them, prompt
+# tuning adds input vectors. **Generalized LoRA** (GLoRA) {cite}`chavan2023glora` writes all of these as one
+# *unified layer* with five support tensors, lets **every layer choose its own combination**, and picks the
+# combination with an evolutionary search under a parameter budget. Because every choice is a function of the
+# weights only, the chosen model folds back into ordinary linear layers: *"our structural re-parameterization
+# design ensures that GLoRA incurs no extra inference cost"* (abstract).
+#
+# We put GLoRA and LoRA on the MiniLM intent classifier of chapters 1 and 3 with **the same parameter budget**,
+# train a GLoRA *supernet*, search it on a validation split of the training templates, fine-tune the winner, draw
+# the configuration it found, and check that the merged model is a plain `BertModel` with the same outputs and the
+# base model's speed.
+#
+# **Learning goals.** (a) Write the GLoRA layer and say which known methods are special cases of it; (b) count the
+# parameters a *path* uses; (c) explain weight entanglement and why a supernet can be searched without retraining;
+# (d) run a budget-constrained evolutionary search honestly (validation data, never the test sets); (e) show that
+# structural re-parameterisation leaves an ordinary, equally fast network.
+
+# %% tags=["parameters"]
+import time
+from dataclasses import dataclass
+
+import minipeft
+
+CHAPTER_START = time.perf_counter()
+SCALE = minipeft.scale()  # "ci" on a CPU (≈2 minutes), "full" on a GPU; set MINIPEFT_SCALE to choose
+SEED = 0
+
+
+@dataclass
+class Sizes:
+    rank: int  # LoRA's rank on query/value; its parameter count is GLoRA's budget
+    lora_steps: int
+    lora_lr: float
+    supernet_steps: int  # GLoRA supernet training: a random path per layer at every step
+    supernet_lr: float
+    val_per_class: int  # validation sentences per intent (training templates, new draws) for the search
+    population: int  # evolutionary search (the released code's defaults are 50 / 20 / 10 / 25 / 25)
+    generations: int
+    parents: int
+    mutations: int
+    crossovers: int
+    finetune_steps: int  # short fine-tune of the searched paths, starting from the supernet's weights
+    finetune_lr: float
+    latency_repeats: int
+
+
+SIZES = {
+    "ci": Sizes(rank=4, lora_steps=60, lora_lr=5e-3, supernet_steps=80, supernet_lr=1e-2, val_per_class=8,
+                population=8, generations=3, parents=4, mutations=4, crossovers=4, finetune_steps=30,
+                finetune_lr=5e-3, latency_repeats=10),
+    "full": Sizes(rank=4, lora_steps=200, lora_lr=2e-3, supernet_steps=400, supernet_lr=5e-3, val_per_class=16,
+                  population=50, generations=20, parents=10, mutations=25, crossovers=25, finetune_steps=100,
+                  finetune_lr=2e-3, latency_repeats=30),
+}[SCALE]
+print(f"scale={SCALE}  seed={SEED}  {SIZES}")
+
+# %% [markdown]
+# ## 5.1 The idea
+#
+# A frozen linear layer computes $y = W_0 x + b_0$ with $W_0 \in \mathbb{R}^{d_{out} \times d_{in}}$. GLoRA
+# replaces its weight and bias by
+#
+# $$
+# W' = W_0 + W_0 \odot A + B, \tag{5.1}
+# $$
+#
+# $$
+# b' = b_0 + b_0 \odot D + E + W_0 C, \tag{5.2}
+# $$
+#
+# $$
+# y = W' x + b', \tag{5.3}
+# $$
+#
+# with five **support tensors**: $A$ *scales* the weight, $B$ *shifts* it, $C \in \mathbb{R}^{d_{in}}$ is a
+# *prompt* that the layer maps into its bias, $D$ scales the bias and $E$ shifts it. (The paper prints the layer as
+# $f(x) = (W_0 + W_0A + B)x + CW_0 + Db_0 + E + b_0$; the released code, HF `peft` and we compute (5.1)–(5.2).)
+# Each support tensor may take one of a few **shapes**, and the cost of each is the number of values it reads:
+#
+# | choice | A, B ($d_{out} \times d_{in}$) | C ($d_{in} \times 1$) | D, E ($d_{out}$) |
+# |---|---|---|---|
+# | `lora` | $X_d X_u$, cost $r(d_{out} + d_{in})$ | $X_d X_u$, cost $r(d_{in} + 1)$ | — |
+# | `vector` | one number per row, cost $d_{out}$ | cost $d_{in}$ | cost $d_{out}$ |
+# | `constant` | one number, cost 1 | — | cost 1 |
+# | `none` | absent, cost 0 | cost 0 | cost 0 |
+#
+# A layer's combination of choices is its **path**: $4 \cdot 4 \cdot 3 \cdot 3 \cdot 3 = 432$ paths per layer.
+# Known methods are paths. **LoRA** is $B$ = `lora` and everything else `none` (without LoRA's $\alpha/r$ factor);
+# an (IA)³-like output scaling is $A$ = `vector` with $D$ = `vector`; bias tuning is $E$ = `vector`.
+#
+# **Weight entanglement and the supernet.** Each support tensor owns *one* pair of factors $X_d, X_u$, and the
+# cheaper choices are slices of them: `vector` is the first column of $X_d$, `constant` its first entry. All 432
+# paths of a layer therefore share the same numbers. Training samples a random path for every layer at every step,
+# so all sub-networks learn together — a **supernet**. All $X_d$ (and $D$, $E$) start at zero, so *every* path
+# starts exactly at the pretrained model.
+#
+# **Search under a budget.** With $L$ wrapped layers and $\mathrm{cost}(p_\ell)$ from the table, GLoRA picks
+#
+# $$
+# p^\star = \arg\max_{p_1, \dots, p_L} \; \mathrm{fitness}(p_1, \dots, p_L)
+# \quad \text{subject to} \quad \sum_{\ell=1}^{L} \mathrm{cost}(p_\ell) \le \text{budget}, \tag{5.4}
+# $$
+#
+# with an evolutionary search whose fitness is accuracy on held-out data, using the supernet's weights as they
+# are (no retraining per candidate).
+#
+# **Structural re-parameterisation.** $W'$ and $b'$ in (5.1)–(5.2) do not depend on $x$. Once the path is fixed,
+# they are computed once and written into the linear layer: the fine-tuned network has exactly the pretrained
+# architecture, whatever each layer chose.
+#
+# Here is the layer's math in `minipeft/peft/glora.py` — the entangled support tensor and equations (5.1)–(5.2):
+
+# %%
+from minipeft.core import show_source
+from minipeft.peft import glora
+
+show_source(glora.GloraLowRank)
+
+# %%
+show_source(glora.GloraLinear.effective_weight_and_bias)
+
+# %% [markdown]
+# ## 5.2 The task, and a validation split for the search
+#
+# Exactly chapter 3's §3.9 setup: 16 training requests per intent, an in-distribution (ID) test set drawn from the
+# training templates, and a shifted test set from unseen templates. The search needs its own held-out data: the
+# test sets must never decide which model we keep, or their accuracy would no longer be a test. We draw a
+# **validation split** from the *training* templates with a new seed, drop any sentence that also occurs in the
+# training set or a test set, and tokenise it once into one batch (every candidate of the search is scored on it).
+
+# %%
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from minipeft.datasets import make_intents
+from minipeft.evaluation import accuracy, predict
+from minipeft.models import SentenceClassifier, load_minilm, tokenize_examples, trim_padding
+
+train_set = make_intents("train", per_class=16, seed=SEED)
+test_shift = make_intents("test", per_class=30, seed=SEED)
+test_id = make_intents("train", per_class=30, seed=SEED + 1000)
+drawn = make_intents("train", per_class=SIZES.val_per_class, seed=SEED + 2000)  # training templates, new draws
+seen = set(train_set.texts) | set(test_id.texts) | set(test_shift.texts)
+val_texts, val_labels = zip(*[(t, y) for t, y in zip(drawn.texts, drawn.labels) if t not in seen])
+NUM_CLASSES = len(train_set.label_names)
+
+encoder, tokenizer = load_minilm(normalize=False)  # GLoRA goes into this copy
+base_encoder, _ = load_minilm(normalize=False)  # an untouched copy: the reference for outputs and latency
+train_examples = tokenize_examples(tokenizer, train_set.texts, train_set.labels)
+tests = {"id": (tokenize_examples(tokenizer, test_id.texts, test_id.labels), test_id.labels),
+         "shift": (tokenize_examples(tokenizer, test_shift.texts, test_shift.labels), test_shift.labels)}
+val_batch = trim_padding(default_collate(tokenize_examples(tokenizer, val_texts, val_labels)))
+
+
+def logits_of(model, batch):
+    batch = trim_padding(batch)
+    return model(batch["input_ids"], batch["attention_mask"])
+
+
+def classification_loss(model, batch):
+    return nn.functional.cross_entropy(logits_of(model, batch), batch["label"])
+
+
+def test_accuracy(classifier):
+    """Accuracy on the two test sets — used only to report a model, never to choose one."""
+    return {split: accuracy(predict(classifier, examples, logits_of), labels)
+            for split, (examples, labels) in tests.items()}
+
+
+@torch.no_grad()
+def validation_accuracy(classifier):
+    classifier.eval()
+    return accuracy(logits_of(classifier, val_batch), val_batch["label"])
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"train {len(train_set)} | validation {len(val_texts)} (of {len(drawn)} drawn; "
+      f"{len(drawn) - len(val_texts)} also in training or a test set, dropped) | test ID {len(test_id)} | "
+      f"test shifted {len(test_shift)}")
+
+# %% [markdown]
+# ## 5.3 Apply GLoRA and check its properties
+#
+# We wrap the same layers as chapter 3's LoRA — `query` and `value` in all 6 blocks, 12 layers of $384 \times 384$
+# — with rank $r = 4$. The budget of the search is LoRA's own parameter count at that rank,
+# $12 \cdot 4 \cdot (384 + 384) = 36{,}864$, so the comparison is at **equal parameters**, and LoRA's path is one point
+# of the search space. The checks:
+#
+# * each layer stores $2r(d_{out} + d_{in}) + r(d_{in} + 1) + 2d_{out} = 8{,}452$ numbers, and its most expensive
+#   path reads all of them;
+# * the LoRA path's cost equals LoRA's parameter count;
+# * at initialisation, **whatever the paths**, the encoder's output is exactly the pretrained one.
+
+# %%
+import math
+
+from minipeft.core import count_parameters
+
+config = glora.GloraConfig(r=SIZES.rank, target_modules=["query", "value"], seed=SEED)
+torch.manual_seed(SEED)  # the up factors X_u are drawn at apply time
+handle = glora.apply(encoder.bert, config)
+
+LORA_PATH = {"A": "none", "B": "lora", "C": "none", "D": "none", "E": "none"}
+FULL_PATH = {"A": "lora", "B": "lora", "C": "lora", "D": "vector", "E": "vector"}
+d, r, L = 384, SIZES.rank, len(handle)
+budget = L * r * (d + d)  # LoRA at rank r on every wrapped layer
+stored_closed_form = L * (2 * r * (d + d) + r * (d + 1) + 2 * d)
+
+with torch.no_grad():
+    base_features = base_encoder(val_batch["input_ids"], val_batch["attention_mask"])
+    init_differences = []
+    for paths in [FULL_PATH, LORA_PATH, glora.sample_paths(handle, 1), glora.sample_paths(handle, 2)]:
+        glora.set_paths(handle, paths)
+        features = encoder(val_batch["input_ids"], val_batch["attention_mask"])
+        init_differences.append((features - base_features).abs().max().item())
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"wrapped layers: {L} ({', '.join(list(dict(handle))[:2])}, ...)")
+print(f"stored support-tensor numbers: {count_parameters(encoder, trainable_only=True):,} "
+      f"(closed form {stored_closed_form:,})")
+print(f"cost of the most expensive path on every layer: {glora.parameter_cost(handle, FULL_PATH):,}")
+print(f"cost of the LoRA path on every layer: {glora.parameter_cost(handle, LORA_PATH):,} = budget {budget:,}")
+print(f"paths per layer: {math.prod(len(c) for c in glora.CHOICES.values())}; "
+      f"configurations of the model: 432^{L} ≈ {432 ** L:.1e}")
+print("encoder output equals the pretrained one at init, for 4 different paths:",
+      [diff == 0.0 for diff in init_differences])
+
+# %% [markdown]
+# ## 5.4 The reference point: LoRA at the same budget
+#
+# Chapter 3's recipe on the untouched copy of the encoder: LoRA $r = 4$, $\alpha = 2r$ on query and value, a fresh
+# linear head, AdamW with warm-up. (The head's 4,620 parameters train in every method of this chapter and are left
+# out of the counts.) `undo()` afterwards gives the pristine encoder back for the latency comparison.
+
+# %%
+from minipeft.core import TrainConfig, train
+from minipeft.peft import lora
+
+
+def fit(classifier, steps, lr, progress=True):
+    return train(classifier, train_examples, classification_loss,
+                 TrainConfig(steps=steps, batch_size=16, lr=lr, warmup_steps=5, seed=SEED, device="cpu",
+                             progress=progress))
+
+
+torch.manual_seed(SEED)
+lora_handle = lora.apply(base_encoder.bert, lora.LoraConfig(r=SIZES.rank, alpha=2 * SIZES.rank,
+                                                            target_modules=["query", "value"]))
+lora_classifier = SentenceClassifier(base_encoder, num_classes=NUM_CLASSES)
+lora_history = fit(lora_classifier, SIZES.lora_steps, SIZES.lora_lr)
+lora_params = sum(p.numel() for p in lora_handle.state_dict().values())
+lora_result = {**test_accuracy(lora_classifier), "val": validation_accuracy(lora_classifier)}
+lora_handle.undo()
+print(f"LoRA r={SIZES.rank}: {lora_params:,} parameters | validation {lora_result['val']:.3f} | "
+      f"ID {lora_result['id']:.3f} | shifted {lora_result['shift']:.3f} | {lora_history.wall_time:.0f} s")
+
+# %% [markdown]
+# ## 5.5 Train the supernet
+#
+# `glora.supernet(handle, True)` makes every wrapped layer draw a new random path at every forward pass, from a
+# seeded generator (the released code uses Python's global `random`; ours repeats). One optimiser step therefore
+# trains a different random sub-network each time, and thanks to weight entanglement every step also moves the
+# shared slices that the cheaper choices read. The support tensors' `lora` choice has no $\alpha/r$ factor and
+# $A$'s update is multiplied by the small entries of $W_0$, so the supernet gets a larger learning rate than LoRA.
+
+# %%
+torch.manual_seed(SEED)
+classifier = SentenceClassifier(encoder, num_classes=NUM_CLASSES)  # fresh, trainable head
+glora.set_paths(handle, glora.DEFAULT_PATH)
+glora.supernet(handle, True, seed=SEED)
+supernet_history = fit(classifier, SIZES.supernet_steps, SIZES.supernet_lr)
+last_sampled = next(iter(handle.wrappers.values())).sampled_path  # the path layer 0 used at the last step
+glora.supernet(handle, False)
+print(f"supernet: loss {supernet_history.loss[0]:.2f} → {supernet_history.smoothed_loss(10)[-1]:.2f} "
+      f"(10-step mean) in {supernet_history.wall_time:.0f} s")
+print(f"the path layer 0 drew at the last step: {last_sampled}")
+
+# %% [markdown]
+# ## 5.6 Evolutionary search under the budget
+#
+# The search (the released code's `EvolutionSearcher`, in `glora.evolutionary_search`) scores a random population
+# of path assignments that fit the budget, then, for a few generations, mutates and crosses the best ones. A
+# candidate is scored with the supernet's weights as they are — no training — on the validation batch.
+#
+# **The fitness.** Validation accuracy, as in the released code. On ~90 sentences accuracy moves in steps of about
+# 1 %, so many candidates tie; we break ties with the mean probability of the right class, weighted by half of one
+# sentence's share ($0.5 / n_{val}$) so that it can never outweigh one more correctly classified sentence.
+
+# %%
+show_source(glora.evolutionary_search)
+
+# %%
+search_log = []  # (cost, validation accuracy) of every candidate the search scores
+
+
+def validation_fitness(model):
+    """Validation accuracy of the classifier on its current paths, ties broken by the right class's probability."""
+    logits = logits_of(classifier, val_batch)  # the search already runs under torch.no_grad()
+    correct = accuracy(logits, val_batch["label"])
+    p_right = logits.softmax(-1).gather(1, val_batch["label"][:, None]).mean().item()
+    search_log.append((glora.parameter_cost(handle), correct))
+    return correct + 0.5 / len(val_texts) * p_right
+
+
+classifier.eval()  # no dropout while scoring
+glora.set_paths(handle, LORA_PATH)
+validation_fitness(handle.model)  # LoRA's own path inside the supernet, for comparison (not part of the search)
+lora_path_point = search_log.pop()
+
+start = time.perf_counter()
+search = glora.evolutionary_search(handle, validation_fitness, budget=budget, population=SIZES.population,
+                                   generations=SIZES.generations, parents=SIZES.parents, mutations=SIZES.mutations,
+                                   crossovers=SIZES.crossovers, seed=SEED)
+search_seconds = time.perf_counter() - start
+print(f"scored {search.evaluated} candidates in {search_seconds:.0f} s; best fitness per generation: "
+      f"{[round(f, 4) for f in search.history]}")
+print(f"searched paths: cost {search.cost:,} of budget {budget:,}, validation accuracy "
+      f"{validation_accuracy(classifier):.3f} | LoRA's path in the same supernet: {lora_path_point[1]:.3f}")
+
+# %% [markdown]
+# The search found this per-layer configuration (every cell is one support tensor of one layer):
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+
+CHOICE_ORDER = ["lora", "vector", "constant", "none"]
+layer_names = list(search.paths)
+short_names = [n.replace("encoder.layer.", "block ").replace(".attention.self.", " ") for n in layer_names]
+grid = np.array([[CHOICE_ORDER.index(search.paths[n][t]) for t in glora.SUPPORT_TENSORS] for n in layer_names])
+layer_costs = [glora.path_cost(search.paths[n], d, d, r) for n in layer_names]
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.1, 1]})
+colors = ListedColormap(["#1f77b4", "#2ca02c", "#ff7f0e", "#eeeeee"])
+axes[0].imshow(grid, cmap=colors, vmin=-0.5, vmax=3.5, aspect="auto")
+for (row, col), value in np.ndenumerate(grid):
+    axes[0].text(col, row, CHOICE_ORDER[value], ha="center", va="center", fontsize=8)
+axes[0].set_xticks(range(5), labels=[f"{t}\n{role}" for t, role in zip(glora.SUPPORT_TENSORS,
+                                     ["scale W", "shift W", "prompt", "scale b", "shift b"])])
+axes[0].set_yticks(range(len(short_names)), labels=short_names)
+axes[0].set(title=f"Searched GLoRA paths (budget {budget:,} parameters)")
+axes[1].barh(range(len(layer_costs)), layer_costs, color="C0", label="searched path")
+axes[1].axvline(r * (d + d), color="C3", ls="--", label=f"LoRA r={r} (every layer)")
+axes[1].set_yticks(range(len(short_names)), labels=short_names)
+axes[1].invert_yaxis()
+axes[1].set(xlabel="parameters the layer's path uses", title=f"Per-layer cost: {search.cost:,} in all")
+axes[1].legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("searched cost within the budget:", search.cost <= budget)
+print("search history never decreases:", all(b >= a for a, b in zip(search.history, search.history[1:])))
+
+# %% [markdown]
+# ## 5.7 Fine-tune the searched paths — and a random path as a control
+#
+# The searched sub-network inherits the supernet's weights; we evaluate it as it is, then fine-tune it briefly on
+# its fixed paths (only the slices those paths read get gradients). As a **control**, a random path assignment
+# under the same budget gets the same fine-tune from the same supernet weights: if search matters, it should do
+# worse. Both start from a snapshot of the supernet.
+
+# %%
+import random
+
+searched_paths = search.paths
+direct_result = {**test_accuracy(classifier), "val": validation_accuracy(classifier)}
+snapshot = {k: v.clone() for k, v in handle.state_dict().items()}
+head_snapshot = {k: v.clone() for k, v in classifier.head.state_dict().items()}
+
+
+def restore_supernet():
+    handle.load_state_dict(snapshot)
+    classifier.head.load_state_dict(head_snapshot)
+
+
+rng = random.Random(SEED + 1)
+random_paths = glora.sample_paths(handle, rng)
+while glora.parameter_cost(handle, random_paths) > budget:  # rejection sampling, as the search's random fill does
+    random_paths = glora.sample_paths(handle, rng)
+glora.set_paths(handle, random_paths)
+random_direct_val = validation_accuracy(classifier)
+random_history = fit(classifier, SIZES.finetune_steps, SIZES.finetune_lr, progress=False)
+random_result = {**test_accuracy(classifier), "val": validation_accuracy(classifier)}
+random_cost = glora.parameter_cost(handle)
+
+restore_supernet()
+glora.set_paths(handle, searched_paths)
+finetune_history = fit(classifier, SIZES.finetune_steps, SIZES.finetune_lr)
+glora_result = {**test_accuracy(classifier), "val": validation_accuracy(classifier)}
+glora_seconds = supernet_history.wall_time + search_seconds + finetune_history.wall_time
+print(f"searched paths, supernet weights : validation {direct_result['val']:.3f} | ID {direct_result['id']:.3f} | "
+      f"shifted {direct_result['shift']:.3f}")
+print(f"searched paths, fine-tuned       : validation {glora_result['val']:.3f} | ID {glora_result['id']:.3f} | "
+      f"shifted {glora_result['shift']:.3f}")
+print(f"random paths (cost {random_cost:,}): validation {random_direct_val:.3f} before, "
+      f"{random_result['val']:.3f} after the same fine-tune | ID {random_result['id']:.3f} | "
+      f"shifted {random_result['shift']:.3f}")
+print(f"searched minus random, shifted test: {glora_result['shift'] - random_result['shift']:+.3f}; "
+      f"searched minus LoRA: {glora_result['shift'] - lora_result['shift']:+.3f}")
+
+# %% [markdown]
+# **Read the control honestly.** The gaps printed above are a few points at most — with one seed and 360 test
+# sentences, that is within noise (in a trial run with a slightly different validation split, the random path came
+# out half a point *ahead*). The scatter plot in §5.8 shows why search can do little here: on ~90 sentences from
+# the *training* templates most candidates score within a few points of each other, so the fitness can barely tell
+# them apart, and a few dozen candidates out of $\approx 10^{31}$ are close to a random search. Do not read meaning
+# into single cells of the grid in §5.6 at this scale. The search optimises the validation proxy it is given, and an
+# in-distribution split cannot reward what helps under the template shift; Exercise 5 builds a validation split
+# that can.
+
+# %% [markdown]
+# ## 5.8 Results
+#
+# Chapter 1's linear probe and full fine-tuning were measured on exactly this data; we read its record.
+
+# %%
+import json
+from pathlib import Path
+
+chapter1_file = Path("results") / "01_frozen_backbones.json"
+chapter1 = json.loads(chapter1_file.read_text())["metrics"] if chapter1_file.exists() else {}
+steps = f"{SIZES.supernet_steps}+{SIZES.finetune_steps}"
+rows = [
+    (f"LoRA r={r} (query, value)", lora_params, lora_params, f"{SIZES.lora_steps}", lora_result,
+     lora_history.wall_time),
+    ("GLoRA searched, supernet weights", search.cost, stored_closed_form, f"{SIZES.supernet_steps}", direct_result,
+     supernet_history.wall_time + search_seconds),
+    ("GLoRA searched + fine-tune", search.cost, stored_closed_form, steps, glora_result, glora_seconds),
+    ("GLoRA random path + fine-tune", random_cost, stored_closed_form, steps, random_result,
+     supernet_history.wall_time + random_history.wall_time),
+]
+print(f"{'method':34} {'params used':>11} {'trained':>8} {'steps':>6} {'val':>6} {'ID':>6} {'shift':>6} {'time':>7}")
+for name, used, trained, n_steps, result, seconds in rows:
+    print(f"{name:34} {used:>11,} {trained:>8,} {n_steps:>6} {result['val']:>6.3f} {result['id']:>6.3f} "
+          f"{result['shift']:>6.3f} {seconds:>5.0f} s")
+for name, key in [("linear probe (chapter 1)", "probe"), ("full fine-tuning (chapter 1)", "fine-tune")]:
+    if f"{key} ID acc" in chapter1:
+        print(f"{name:34} {'':>11} {'':>8} {'':>6} {'':>6} {chapter1[f'{key} ID acc']['value'] / 100:>6.3f} "
+              f"{chapter1[f'{key} shifted acc']['value'] / 100:>6.3f}")
+
+# %% [markdown]
+# *params used* is what the searched (or LoRA's) configuration reads — the budgeted quantity, and what a merged
+# model stores on top of the base: nothing. *trained* is what the optimiser holds during GLoRA's training (all
+# entangled support tensors). The time of GLoRA includes the supernet, the search and the fine-tune.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+smooth = lora_history.smoothed_loss(10)
+axes[0].plot(lora_history.steps, lora_history.loss, color="C3", alpha=0.25, lw=1)
+axes[0].plot(lora_history.steps[len(lora_history.steps) - len(smooth):], smooth, color="C3", lw=2,
+             label=f"LoRA r={r}")
+offset = SIZES.supernet_steps
+for history, label, color, shift_steps in [(supernet_history, "GLoRA supernet (random paths)", "C0", 0),
+                                           (finetune_history, "GLoRA searched paths, fine-tune", "C2", offset)]:
+    smooth = history.smoothed_loss(10)
+    steps_axis = [s + shift_steps for s in history.steps]
+    axes[0].plot(steps_axis, history.loss, color=color, alpha=0.25, lw=1)
+    axes[0].plot(steps_axis[len(steps_axis) - len(smooth):], smooth, color=color, lw=2, label=label)
+axes[0].set(xlabel="optimiser step", ylabel="cross-entropy (nats)", yscale="log",
+            title="Training loss (thin: per step; thick: 10-step mean)")
+axes[0].legend(fontsize=8)
+
+costs, accs = zip(*search_log)
+points = axes[1].scatter(costs, accs, c=range(len(costs)), cmap="viridis", s=18, label="scored candidates")
+axes[1].scatter(*lora_path_point, marker="*", s=200, color="C3", label="LoRA path in the supernet")
+axes[1].scatter(search.cost, direct_result["val"], marker="o", s=120, facecolors="none", edgecolors="k",
+                label="searched (best)")
+axes[1].axvline(budget, color="gray", ls=":", label="budget")
+fig.colorbar(points, ax=axes[1], label="order in which the search scored it")
+axes[1].set(xlabel="parameters the candidate uses", ylabel="validation accuracy",
+            title="Every candidate the search scored (supernet weights)")
+axes[1].legend(fontsize=8, loc="lower left")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The claims this chapter makes from these numbers run as checks every time the notebook runs. They are deliberately
+# loose where one seed and ~360 test sentences make a difference of a few points noise: the searched GLoRA must
+# be a working classifier (well above the from-scratch model of chapter 1, 38 % shifted) and within five points of
+# LoRA at the same budget, and the search must not pick something clearly worse on validation than LoRA's own path
+# in the same supernet.
+
+# %%
+assert search.cost <= budget
+assert glora_result["id"] >= 0.85 and glora_result["shift"] >= 0.65, glora_result
+assert glora_result["shift"] >= lora_result["shift"] - 0.05, (glora_result, lora_result)  # measured: -0.02 to +0.01
+assert direct_result["val"] >= lora_path_point[1] - 0.03, (direct_result, lora_path_point)
+
+# %% [markdown]
+# ## 5.9 Structural re-parameterisation: a plain `BertModel`, same outputs, same speed
+#
+# `handle.unload()` merges $W'$ and $b'$ of each layer's searched path into its `nn.Linear` (equations 5.1–5.2) and
+# puts the plain layers back. Here is the merge:
+
+# %%
+show_source(glora.GloraLinear.merge)
+
+# %% [markdown]
+# We time forward passes of the untouched base encoder and the GLoRA encoder *interleaved* (base, GLoRA, base,
+# GLoRA, …) so that the shared CPU's slow and fast moments hit both alike, and report the median of each.
+
+# %%
+import statistics
+
+from minipeft.core import Stopwatch
+
+latency_batch = trim_padding(default_collate(tests["shift"][0][:32]))
+
+
+def interleaved_latency(models, repeats=SIZES.latency_repeats):
+    """Median seconds of one forward pass of each encoder over the same batch, timed in alternation."""
+    times = {name: [] for name in models}
+    with torch.no_grad():
+        for model in models.values():  # warm-up
+            model(latency_batch["input_ids"], latency_batch["attention_mask"])
+        for _ in range(repeats):
+            for name, model in models.items():
+                with Stopwatch() as watch:
+                    model(latency_batch["input_ids"], latency_batch["attention_mask"])
+                times[name].append(watch.seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+encoder.eval()
+with torch.no_grad():
+    unmerged_logits = logits_of(classifier, val_batch)
+unmerged_latency = interleaved_latency({"base": base_encoder, "GLoRA unmerged": encoder})
+plain_bert = handle.unload()  # merge + put the plain nn.Linear layers back
+with torch.no_grad():
+    merged_difference = (logits_of(classifier, val_batch) - unmerged_logits).abs().max().item()
+merged_latency = interleaved_latency({"base": base_encoder, "GLoRA merged": encoder})
+unmerged_ratio = unmerged_latency["GLoRA unmerged"] / unmerged_latency["base"]
+merged_ratio = merged_latency["GLoRA merged"] / merged_latency["base"]
+print(f"max |logits(merged) - logits(unmerged)| = {merged_difference:.2e}")
+print(f"forward pass, 32 sentences: base {unmerged_latency['base'] * 1e3:.1f} ms vs GLoRA unmerged "
+      f"{unmerged_latency['GLoRA unmerged'] * 1e3:.1f} ms (×{unmerged_ratio:.2f}); "
+      f"base {merged_latency['base'] * 1e3:.1f} ms vs merged {merged_latency['GLoRA merged'] * 1e3:.1f} ms "
+      f"(×{merged_ratio:.2f})")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+query = plain_bert.encoder.layer[0].attention.self.query
+print("after unload:", type(plain_bert).__name__, "| query is", type(query).__name__,
+      "with bias:", query.bias is not None)
+print("any GLoRA layer left:", any(isinstance(m, glora.GloraLinear) for m in plain_bert.modules()))
+print("same parameter count as the base encoder:",
+      count_parameters(plain_bert) == count_parameters(base_encoder.bert))
+print("merged logits equal unmerged (atol 1e-5):", merged_difference < 1e-5)
+
+# %% [markdown]
+# The merged encoder does exactly the base model's work — same layers, same shapes — so its latency equals the
+# base's up to timing noise (the printed ratio), while the unmerged one rebuilds $W'$ for every layer at every
+# forward pass. The searched model costs nothing at inference, whichever path each layer took.
+
+# %%
+assert merged_difference < 1e-5
+assert merged_ratio < 1.3, merged_latency  # equal work; the margin is only for a shared, noisy CPU
+
+# %% [markdown]
+# ## 5.10 The paper reported / we measured
+#
+# | claim | source | we measured (this run) |
+# |---|---|---|
+# | GLoRA "outperforms all previous methods in natural, specialized, and structured benchmarks, achieving superior accuracy with fewer parameters and computations" | Chavan et al. 2023 {cite}`chavan2023glora`, abstract | on the intent task, searched GLoRA vs LoRA at the **same** 36,864-parameter budget: the table in §5.8 |
+# | "our structural re-parameterization design ensures that GLoRA incurs no extra inference cost" | abstract | after `unload()`: a plain `BertModel`, logits equal to $10^{-5}$, merged/base latency ratio printed in §5.9 |
+# | 432 paths per layer; 48 wrapped layers on ViT-B/16 | released code (reference notes §4.2) | 12 wrapped layers (query, value): $432^{12}$ configurations |
+# | supernet trained for 500 epochs; search with population 50 for 20 generations | released code's defaults (reference notes §4.3) | `ci`: 80 steps, population 8 for 3 generations; `full`: 400 steps and the code's search defaults |
+#
+# We do not quote the paper's VTAB-1k accuracies: our reference notes could not verify its parameter table.
+#
+# **Why ours may differ.** The paper trains a ViT supernet for hundreds of epochs and searches it with thousands
+# of evaluations; at `ci` scale we train 80 steps and score a few dozen candidates out of $\approx 10^{31}$, which
+# is closer to a random search than an evolutionary one — read the search history and the scatter plot, not just
+# the final number. A supernet that trains a different random sub-network at every step also learns each one more
+# slowly than LoRA trains its single path, so at equal (small) step counts LoRA has an advantage. Our validation
+# split has ~90 sentences from the training templates, one seed, and test sets of 360 sentences: differences of
+# 2–3 points between methods are within noise.
+#
+# ## 5.11 Pitfalls
+#
+# * **Searching on the test set.** The fitness must use data that never reports the result. Here the validation
+#   split comes from the training templates; the test sets are touched only to report.
+# * **Counting the wrong parameters.** The supernet trains every entangled support tensor (101,424 numbers here);
+#   the budget constrains what the *searched path* reads, and the merged model adds nothing. Say which one you
+#   report.
+# * **Merging a supernet.** In supernet mode every forward uses a different path, so there is no single $W'$;
+#   `merge()` refuses until `supernet(handle, False)` and a path is chosen.
+# * **Saving only the support tensors.** The paths are settings, not tensors: save `glora.get_paths(handle)`
+#   beside the weights, or save the merged model.
+# * **Ties in the fitness.** Accuracy on a small validation set takes few distinct values; without a tie-break the
+#   search keeps whichever candidate it happened to score first.
+#
+# ## 5.12 Exercises
+#
+# 1. Run the search at budgets of $L \cdot r(d + d)$ for $r = 1, 2, 8$ (one supernet, one search per budget) and
+#    plot validation accuracy against budget next to LoRA at those ranks.
+# 2. Put GLoRA on every linear layer of the encoder (`target_modules=None`). How large must the budget be before
+#    random candidates fit at all, and which layers does the search spend it on? (Hint: narrow
+#    `GloraConfig.choices`.)
+# 3. Restrict the search space to LoRA-like choices (`choices={"A": ("none",), "C": ("none",), "D": ("none",),
+#    "E": ("none",)}`) and compare with the full space at the same budget.
+# 4. Replace the tie-broken accuracy fitness by plain accuracy and run the search with three seeds. How often does
+#    it return the same configuration?
+# 5. Build a validation split that resembles the shift without touching the test templates: hold out one training
+#    template per intent (`minipeft.datasets.INTENTS` lists them), train on the others, and search on the held-out
+#    one. Does the searched path now beat the random control on the shifted test?
+#
+# ## 5.13 Record what this run measured
+
+# %%
+from minipeft.core.results import record
+
+record(
+    "05_glora", "GLoRA: a searched, re-parameterisable layer vs LoRA at the same budget",
+    {
+        "GLoRA searched shifted acc": (100 * glora_result["shift"], "%"),
+        "LoRA shifted acc": (100 * lora_result["shift"], "%"),
+        "GLoRA random-path shifted acc": (100 * random_result["shift"], "%"),
+        "GLoRA searched ID acc": (100 * glora_result["id"], "%"),
+        "LoRA ID acc": (100 * lora_result["id"], "%"),
+        "GLoRA searched val acc (supernet weights)": (100 * direct_result["val"], "%"),
+        "LoRA path val acc (supernet weights)": (100 * lora_path_point[1], "%"),
+        "searched parameter cost": (search.cost, "params"),
+        "budget": (budget, "params"),
+        "candidates scored": (search.evaluated, "candidates"),
+        "merged latency / base": (merged_ratio, "ratio"),
+        "unmerged latency / base": (unmerged_ratio, "ratio"),
+        "GLoRA total train+search time": (glora_seconds, "s"),
+        "LoRA train time": (lora_history.wall_time, "s"),
+    },
+    trainable_parameters=search.cost,
+    paper_claims=[{"claim": "GLoRA: structural re-parameterization, no extra inference cost; outperforms previous "
+                            "PEFT methods with fewer parameters", "source": "Chavan et al. 2023, arXiv:2306.07967, "
+                                                                           "abstract"}],
+    scale=SCALE, seed=SEED, wall_time_s=time.perf_counter() - CHAPTER_START,
+)
+print(f"chapter wall time: {time.perf_counter() - CHAPTER_START:.0f} s")
+
+# %% [markdown]
+# ## References
+#
+# The works cited in this chapter are listed, with the whole book's, in the {doc}`../book/bibliography`.
