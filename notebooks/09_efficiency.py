@@ -1,0 +1,416 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 9. What PEFT costs: parameters, memory, step time and inference latency
+#
+# Every chapter of Part II reported how many parameters its method trains. That number decides the size of the
+# optimiser state and of the file you ship, but it is only one of four costs a practitioner pays. This chapter
+# measures all four for every method in the library, on one model and one batch, in one run:
+#
+# 1. **trainable parameters** — what AdamW updates (and keeps two moments for);
+# 2. **saved activations** — the bytes autograd keeps from the forward pass for the backward pass;
+# 3. **train-step time** — zero_grad + forward + backward + AdamW step;
+# 4. **inference latency** — a forward pass without gradients, after `merge()` where the method can merge.
+#
+# **Learning goals.** After this chapter you can (a) run `minipeft.bench` from Python or the command line and read
+# its table, (b) say which methods add no inference latency and why, (c) explain why a method that trains 1% of
+# the parameters still needs most of full fine-tuning's activation memory, (d) predict when prompt tuning needs
+# *more* activation memory than full fine-tuning, and (e) read timings from a shared machine with the right
+# amount of suspicion.
+
+# %% tags=["parameters"]
+import time
+from dataclasses import dataclass
+
+import minipeft
+
+CHAPTER_START = time.perf_counter()
+SCALE = minipeft.scale()  # "ci" on a CPU (≈30 s), "full" on a GPU; set MINIPEFT_SCALE to choose
+SEED = 0
+
+
+@dataclass
+class Sizes:
+    model: str  # "tiny" (random LlamaForCausalLM of the sizes below) or "smollm2" (the real 135M model)
+    hidden_size: int
+    layers: int
+    intermediate_size: int
+    vocab_size: int
+    batch_size: int
+    seq_len: int  # T, the tokens per sequence
+    steps: int  # timed steps per measurement (the median is reported)
+    warmup: int
+    threads: int  # torch CPU threads for the bench (1 steadies a shared CPU); 0 = torch's default
+    prompt_lengths: tuple  # P values for the prompt-tuning memory sweep
+    sweep_seq_len: int  # T for that sweep
+
+
+SIZES = {
+    "ci": Sizes(model="tiny", hidden_size=128, layers=4, intermediate_size=256, vocab_size=512, batch_size=4,
+                seq_len=64, steps=15, warmup=3, threads=1, prompt_lengths=(1, 4, 16, 64, 128), sweep_seq_len=32),
+    "full": Sizes(model="smollm2", hidden_size=0, layers=0, intermediate_size=0, vocab_size=0, batch_size=8,
+                  seq_len=256, steps=20, warmup=3, threads=0, prompt_lengths=(1, 4, 16, 64, 256, 512),
+                  sweep_seq_len=64),
+}[SCALE]
+print(f"scale={SCALE}  seed={SEED}  {SIZES}")
+
+# %% [markdown]
+# ## 9.1 The idea: four costs, and what each one depends on
+#
+# Take a network with $N$ weights of which a method trains $N_\text{train}$, a batch of $B$ sequences of $T$
+# tokens, hidden size $d$ and $L$ layers. Training memory in fp32 with AdamW is roughly
+#
+# $$
+# M_\text{train} \approx \underbrace{4N}_{\text{weights}} + \underbrace{4N_\text{train}}_{\text{gradients}}
+# + \underbrace{8N_\text{train}}_{\text{Adam moments}} + \underbrace{A(B, T, d, L)}_{\text{saved activations}}
+# \tag{9.1}
+# $$
+#
+# bytes. PEFT shrinks the middle two terms to almost nothing. The last term, the activations, scales with
+# $B \cdot T \cdot d \cdot L$ and does **not** scale with $N_\text{train}$: a frozen `Linear` layer $y = xW^\top$
+# no longer needs to save its input $x$ (that was only needed for $\partial\mathcal{L}/\partial W = \delta^\top x$),
+# but as long as some parameter *below* it trains, the gradient must pass through it,
+#
+# $$
+# \frac{\partial \mathcal{L}}{\partial x} = \frac{\partial \mathcal{L}}{\partial y}\, W , \tag{9.2}
+# $$
+#
+# and every non-linearity on the way (softmax, SiLU, RMSNorm) still needs what it saved. So the activation saving
+# of a PEFT method is modest, and it depends on *where* its parameters sit, not on how many there are.
+#
+# Inference latency depends on whether the update can be **merged**. LoRA's update is a matrix of the same shape
+# as the weight it adapts, so after training
+#
+# $$
+# W' = W_0 + \tfrac{\alpha}{r} BA \tag{9.3}
+# $$
+#
+# replaces $W_0$ and the model is exactly as fast as before — Hu et al. write that LoRA adds "no additional
+# inference latency" {cite}`hu2021lora`. (IA)³'s scaling vectors and GLoRA's support tensors fold into $W'$ the
+# same way. Adapters {cite}`houlsby2019adapters` add layers with a non-linearity in between, which no matrix can
+# absorb; prompt and prefix tuning {cite}`lester2021prompt,li2021prefix` make the model process $P$ extra
+# positions or keys, which is extra work by construction.
+#
+# ## 9.2 The measuring instruments
+#
+# The bench lives in `minipeft.bench`; `run(config)` returns the whole table as a dictionary and `table(...)`
+# formats it (the command line `python -m minipeft.bench` is a thin wrapper around the two). The methods are a
+# registry: one line per method, each with its defaults except the shared knobs rank and virtual tokens.
+
+# %%
+from minipeft import bench
+from minipeft.core import show_source
+
+print({name: module for name, (module, _) in bench.METHODS.items()})
+show_source(bench.measure_method)
+
+# %% [markdown]
+# Activation bytes come from autograd itself: `count_saved_tensors` runs one forward pass inside
+# `torch.autograd.graph.saved_tensors_hooks` and adds up the distinct storages that were saved, leaving out the
+# parameters. This counts what autograd *keeps*, so it is exact and the same on CPU and GPU — unlike peak-memory
+# counters, which also see temporaries and the allocator's cache.
+
+# %%
+from minipeft.core.memory import SavedTensorCounter, count_saved_tensors
+
+show_source(SavedTensorCounter.pack)
+show_source(count_saved_tensors)
+
+# %% [markdown]
+# A sanity check of the instrument on one layer: a trainable `Linear` must save its input; frozen, it saves nothing
+# if the input needs no gradient, and still nothing if the input does (equation 9.2 needs only $W$, a parameter).
+# A softmax after it always saves its output.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import torch
+from torch import nn
+
+torch.manual_seed(SEED)
+layer = nn.Linear(16, 16)
+x = torch.randn(8, 16)  # (B, d): 8 * 16 * 4 bytes = 512 bytes
+x_needs_grad = x.clone().requires_grad_(True)
+print("trainable Linear              :", count_saved_tensors(lambda: layer(x), exclude=layer).bytes, "bytes")
+layer.requires_grad_(False)
+print("frozen Linear, input no grad  :", count_saved_tensors(lambda: layer(x), exclude=layer).bytes, "bytes")
+print("frozen Linear, input w/ grad  :", count_saved_tensors(lambda: layer(x_needs_grad), exclude=layer).bytes, "bytes")
+print("frozen Linear + softmax       :",
+      count_saved_tensors(lambda: layer(x_needs_grad).softmax(-1), exclude=layer).bytes, "bytes")
+
+# %% [markdown]
+# ## 9.3 Running the bench
+#
+# At `ci` scale the model is a random-weight `LlamaForCausalLM` (cost depends on shapes, not on what the weights
+# are); at `full` scale it is the real SmolLM2-135M {cite}`allal2025smollm2`. Every method is applied to a fresh
+# copy of the same frozen model and measured on the same batch. MEFT needs a BERT encoder and is skipped on a
+# LLaMA model, with the reason recorded — its own chapter measures it.
+
+# %%
+config = bench.BenchConfig(
+    model=SIZES.model, hidden_size=SIZES.hidden_size or 256, layers=SIZES.layers or 4, heads=4, kv_heads=2,
+    intermediate_size=SIZES.intermediate_size or 512, vocab_size=SIZES.vocab_size or 2048,
+    batch_size=SIZES.batch_size, seq_len=SIZES.seq_len, steps=SIZES.steps, warmup=SIZES.warmup,
+    threads=SIZES.threads, seed=SEED,
+)
+start = time.perf_counter()
+results = bench.run(config)
+bench_seconds = time.perf_counter() - start
+rows = results["methods"]
+print(f"{config.model} LlamaForCausalLM, batch {config.batch_size} x {config.seq_len} tokens on {results['device']} "
+      f"({results['hardware']}); median of {config.steps} steps; {bench_seconds:.0f} s")
+print(bench.table(results))
+for note in results["notes"]:
+    print("note:", note)
+print("skipped:", results["skipped"])
+
+# %% [markdown]
+# The parameter counts and activation bytes are exact: the same in every run, on every machine.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{'method':14} {'trainable':>10} {'% of model':>10} {'activation bytes':>17} {'x full':>7}")
+for name, row in rows.items():
+    print(f"{name:14} {row['trainable_parameters']:>10,} "
+          f"{100 * row['trainable_parameters'] / row['total_parameters']:>10.3f} "
+          f"{row['activation_bytes']:>17,} {row['activations_vs_full']:>7.4f}")
+
+# %% [markdown]
+# The same numbers as a Markdown table, ready to paste into a report (timings included, so this one changes from
+# run to run):
+
+# %%
+from IPython.display import Markdown, display
+
+lines = ["| method | trainable params | activations × full | step time × full | inference × base | merged |",
+         "|---|---:|---:|---:|---:|:---:|"]
+for name, row in rows.items():
+    merged = {True: "yes", False: "no", None: "–"}[row["merged"]]
+    lines.append(f"| {name} | {row['trainable_parameters']:,} | {row['activations_vs_full']:.2f} | "
+                 f"{row['step_vs_full']:.2f} | {row['inference_vs_base']:.2f} | {merged} |")
+display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# Checks that hold by construction or by the argument of §9.1 — these run every time:
+
+# %%
+assert rows["full"]["step_vs_full"] == 1.0 and rows["full"]["activations_vs_full"] == 1.0
+assert rows["lora"]["activations_vs_full"] < 1.0, rows["lora"]
+assert rows["lora"]["merged"] is True
+mergeable = [name for name, row in rows.items() if row["merged"]]
+not_mergeable = [name for name, row in rows.items() if row["merged"] is False]
+assert {"lora", "ia3", "glora"} <= set(mergeable), mergeable
+assert {"adapter", "prompt", "prefix"} <= set(not_mergeable), not_mergeable
+# Parameters shrink far more than activations: every PEFT method here trains < 20% of the weights,
+# yet none saves more than 60% of the activations.
+peft_rows = {name: row for name, row in rows.items() if name != "full"}
+assert all(row["trainable_parameters"] < 0.2 * row["total_parameters"] for row in peft_rows.values())
+assert all(row["activations_vs_full"] > 0.4 for row in peft_rows.values()), {
+    name: row["activations_vs_full"] for name, row in peft_rows.items()}
+print("mergeable:", mergeable, "| not mergeable:", not_mergeable)
+
+# %% [markdown]
+# ## 9.4 The four costs side by side
+#
+# Hatched bars in the latency panel are methods that cannot merge and were timed unmerged. The dashed line at 1 is
+# the baseline: full fine-tuning for the first three panels, the untouched base model for the last.
+
+# %%
+import matplotlib.pyplot as plt
+
+names = list(rows)
+colors = ["C7" if name == "full" else "C0" for name in names]
+fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+axes[0].bar(names, [rows[n]["trainable_parameters"] for n in names], color=colors)
+axes[0].set_yscale("log")
+axes[0].set(ylabel="trainable parameters (log scale)", title="Trainable parameters")
+axes[1].bar(names, [rows[n]["activations_vs_full"] for n in names], color=colors)
+axes[1].set(ylabel="saved activations / full fine-tuning", title="Activation memory (exact)")
+axes[2].bar(names, [rows[n]["step_vs_full"] for n in names], color=colors)
+axes[2].set(ylabel="train-step time / full fine-tuning", title=f"Train-step time (median of {config.steps})")
+bars = axes[3].bar(names, [rows[n]["inference_vs_base"] for n in names],
+                   color=["C2" if rows[n]["merged"] else "C7" if rows[n]["merged"] is None else "C3" for n in names])
+for bar, name in zip(bars, names):
+    if rows[name]["merged"] is False:
+        bar.set_hatch("//")
+axes[3].set(ylabel="inference time / base model", title="Inference latency (green: merged, red: cannot merge)")
+for ax in axes:
+    ax.tick_params(axis="x", rotation=60)
+for ax in axes[1:]:
+    ax.axhline(1.0, color="k", ls="--", lw=1)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 9.5 Reading the table
+#
+# **Which methods can merge.** LoRA, (IA)³ and GLoRA fold their update into the weight (equation 9.3); after
+# `merge()` the model computes exactly what the base model computes, with different numbers in the same matrices.
+# In the bench the merged wrapper stays in place (one extra Python call per layer; `unload()` removes even that),
+# so their latency ratio should sit near 1 up to noise. Adapters, ProPETL's adapter prototype and LLaMA-Adapter add
+# layers with a non-linearity or a gate; prompt tuning runs $P$ more positions through every layer, and prefix
+# tuning attends to $P$ more keys in every layer. They pay at inference time, every time.
+#
+# **Why parameters shrink far more than activations.** In the table the PEFT methods train about 0.2–2% of the
+# weights (GLoRA more, see below) yet keep more than half of full fine-tuning's activations. Equation (9.2) is the
+# reason: the gradient has to travel back from the loss to the lowest trainable parameter, and on the way every
+# attention softmax, every SiLU, every RMSNorm needs what it saved. What freezing removes is only the input each
+# trainable `Linear` saved for its own weight gradient. So the saving depends on *placement*: ProPETL's adapter
+# sits only after the FFN's output projection (fewer insertion points than Houlsby adapters, two per layer), and
+# (IA)³ multiplies activations element-wise, which itself needs them saved. For the large-batch, long-sequence
+# regime where training memory runs out, activations dominate equation (9.1), and a PEFT method alone will not
+# rescue you — activation checkpointing, shorter sequences or a reversible design like MEFT
+# {cite}`liao2023meft` attack that term.
+#
+# **Why GLoRA costs more.** GLoRA as implemented here rebuilds the full effective weight
+# $W' = W_0 + W_0 \odot A + B$ in every forward pass (its `forward` calls `effective_weight_and_bias`), and
+# autograd saves that rebuilt weight — a fresh, non-parameter tensor the size of $W_0$ — plus the layer's input,
+# for every adapted layer. Its support tensors include full-width vectors for every target, so it also trains the
+# most parameters of the PEFT methods here. Its activation ratio can therefore reach or exceed 1. It merges, so at
+# inference it is free.
+#
+# **Step time.** The step-time ratios follow the activations only loosely: a PEFT step skips the weight
+# gradients of the frozen layers and most of the optimiser update, but still runs the whole forward and most of the
+# backward pass, so expect savings well short of the parameter ratio — and for small models on a CPU, Python
+# overhead per wrapped layer can eat them entirely.
+#
+# **Timings on a shared CPU are noisy.** The absolute milliseconds drift with whatever else the machine is doing.
+# The bench therefore times two things *in turns* (the method and full fine-tuning; the merged model and the base
+# model) and reports their ratio, so a slow stretch slows both alike. The full fine-tuning row's inference ratio
+# compares the base model with an identical copy of itself, so its distance from 1 is pure noise. A merged model
+# computes the same matrices as the base model, plus one Python call per adapted layer (the merged wrapper stays
+# in place; `unload()` removes it) — on a tiny model whose forward pass takes milliseconds that call is visible,
+# on a real model it is not. The spread of these ratios around 1 bounds what a difference in this run can mean.
+
+# %%
+same_work = {name: row["inference_vs_base"] for name, row in rows.items() if name == "full" or row["merged"]}
+noise = max(abs(ratio - 1.0) for ratio in same_work.values())
+print("inference / base for models that do the base model's work:",
+      {name: round(ratio, 2) for name, ratio in same_work.items()})
+print(f"-> noise (+ wrapper overhead) in this run: up to ±{noise:.2f}; smaller timing differences mean nothing")
+
+# %% [markdown]
+# ## 9.6 When prompt tuning needs more activation memory than full fine-tuning
+#
+# Prompt tuning prepends $P$ trainable vectors to the $T$ token embeddings, so every layer works on $T + P$
+# positions and attention on $(T+P)^2$ scores. Its parameters sit at the very *bottom* of the network, so the
+# gradient has to flow through all of it — it saves nearly everything full fine-tuning saves, but for $T + P$
+# positions instead of $T$. Once $P$ is large relative to $T$, the ratio crosses 1. We measure it directly with the
+# bench's own pieces (exact bytes, no timing) for a fixed $T$ and growing $P$:
+
+# %%
+from dataclasses import replace
+
+from minipeft.peft import prefix as prefix_module
+
+sweep_config = replace(config, seq_len=SIZES.sweep_seq_len)
+make_model = bench.model_factory(sweep_config, torch.device(results["device"]))
+generator = torch.Generator().manual_seed(SEED)
+full_model = make_model()
+sweep_batch = torch.randint(3, full_model.config.vocab_size, (sweep_config.batch_size, sweep_config.seq_len),
+                            generator=generator).to(results["device"])  # (B, T)
+bench.full_fine_tuning(None, full_model, sweep_config)
+full_bytes = bench.activation_bytes(full_model, sweep_batch)
+prompt_ratios = {}
+for virtual_tokens in SIZES.prompt_lengths:
+    torch.manual_seed(SEED)
+    model = make_model()
+    bench.METHODS["prompt"][1](prefix_module, model, bench.BenchConfig(virtual_tokens=virtual_tokens))
+    prompt_ratios[virtual_tokens] = bench.activation_bytes(model, sweep_batch) / full_bytes
+    del model
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"T = {sweep_config.seq_len} tokens, full fine-tuning saves {full_bytes:,} bytes")
+for virtual_tokens, ratio in prompt_ratios.items():
+    print(f"P = {virtual_tokens:>4} (P/T = {virtual_tokens / sweep_config.seq_len:5.2f}): prompt tuning / full = {ratio:.4f}")
+
+# %%
+crossing = next((p for p, r in prompt_ratios.items() if r > 1.0), None)
+assert prompt_ratios[min(prompt_ratios)] < 1.0 < prompt_ratios[max(prompt_ratios)], prompt_ratios
+fig, ax = plt.subplots(figsize=(6, 4))
+ax.plot([p / sweep_config.seq_len for p in prompt_ratios], list(prompt_ratios.values()), "o-", label="prompt tuning")
+ax.axhline(1.0, color="k", ls="--", lw=1, label="full fine-tuning")
+ax.set_xscale("log")
+ax.set(xlabel="P / T (virtual tokens per real token, log scale)", ylabel="saved activations / full fine-tuning",
+       title=f"Prompt tuning's activation memory (T = {sweep_config.seq_len})")
+ax.legend()
+plt.tight_layout()
+plt.show()
+print(f"first P in the sweep where prompt tuning needs more activation memory than full fine-tuning: {crossing}")
+
+# %% [markdown]
+# ## 9.7 The paper reported / we measured
+#
+# | claim | source | we measured (this run) |
+# |---|---|---|
+# | LoRA: "no additional inference latency" (the update merges into $W$) | Hu et al. 2021 {cite}`hu2021lora`, abstract | merged LoRA exists (`merged = yes`) and runs the base model's matrices; its printed inference ratio differs from 1 only by timing noise and the merged wrapper's Python call (§9.5) |
+# | MEFT: activation memory reduced "up to 84%" of full fine-tuning | Liao, Tan & Monz, NeurIPS 2023 {cite}`liao2023meft`, abstract | not measurable on this LLaMA bench (MEFT needs a BERT encoder; see the MEFT chapter). LoRA and adapters here save far less (table above) |
+#
+# **Why ours differ.** Our "activation memory" is the bytes autograd *saves* in one forward pass, excluding
+# parameters; MEFT's paper measures peak GPU memory during training of RoBERTa/BART-sized models at their batch
+# sizes and sequence lengths, with a different accounting (allocator peak, temporaries, fp16). Our models are tiny
+# or 135M parameters, on a CPU at `ci` scale, so the *ratios* carry over only roughly; the timings additionally
+# depend on the hardware — on a GPU, small PEFT models are often launch-bound, so step-time savings shrink further.
+#
+# ## 9.8 Pitfalls
+#
+# * **"1% of the parameters" does not mean 1% of the memory.** Budget activation memory for batch × sequence ×
+#   depth; the parameter fraction only shrinks the optimiser state.
+# * **Forgetting to merge before deployment.** An unmerged LoRA model pays two extra small matmuls per adapted
+#   layer. Call `handle.merge()` (or `unload()` after merging) before serving.
+# * **Long soft prompts on short inputs.** With $P \gg T$ prompt tuning costs more activation memory and compute
+#   than full fine-tuning (§9.6) — and every inference call pays for the $P$ positions too.
+# * **Comparing absolute milliseconds across runs.** Compare ratios within one run; pin threads (`--threads 1`)
+#   on a shared CPU; look at the full row's inference ratio to see how noisy the run was.
+#
+# ## 9.9 Exercises
+#
+# 1. Run `python -m minipeft.bench --model smollm2 --seq-len 512` on a GPU. Which ratios change, and why?
+# 2. Double `seq_len` at fixed batch. Which column of the table moves for prompt tuning, and which stays put?
+# 3. Apply LoRA only to the *last* layer's `v_proj` (`target_modules` with a regex). How far does the activation
+#    ratio fall, and why (equation 9.2)?
+# 4. Wrap the forward pass in `torch.utils.checkpoint` for LoRA and measure `count_saved_tensors` again.
+#
+# ## 9.10 Record what this run measured
+#
+# The last cell writes `notebooks/results/09_efficiency.json`.
+
+# %%
+from minipeft.core.results import record
+
+metrics = {}
+for name, row in rows.items():
+    metrics[f"{name} activations / full"] = (row["activations_vs_full"], "ratio")
+    metrics[f"{name} step time / full"] = (row["step_vs_full"], "ratio")
+    metrics[f"{name} inference / base"] = (row["inference_vs_base"], "ratio")
+metrics[f"prompt P={max(prompt_ratios)} activations / full (T={sweep_config.seq_len})"] = (
+    prompt_ratios[max(prompt_ratios)], "ratio")
+metrics["bench time"] = (bench_seconds, "s")
+record(
+    "09_efficiency", "What PEFT costs: parameters, activation memory, step time, inference latency",
+    metrics,
+    trainable_parameters=rows["lora"]["trainable_parameters"],
+    paper_claims=[
+        {"claim": "LoRA: no additional inference latency", "source": "Hu et al. 2021, arXiv:2106.09685, abstract"},
+        {"claim": "MEFT: up to 84% activation memory reduction vs full fine-tuning (measured as peak memory; ours "
+                  "counts saved tensors)", "source": "Liao, Tan, Monz, NeurIPS 2023, arXiv:2306.00477, abstract"},
+    ],
+    scale=SCALE, seed=SEED, wall_time_s=time.perf_counter() - CHAPTER_START,
+)
+print(f"chapter wall time: {time.perf_counter() - CHAPTER_START:.0f} s")
+
+# %% [markdown]
+# ## References
+#
+# The works cited in this chapter are listed, with the whole book's, in the {doc}`../book/bibliography`.
