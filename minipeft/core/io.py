@@ -32,6 +32,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     os.close(handle)
     try:
         write(temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
