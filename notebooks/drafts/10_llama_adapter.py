@@ -257,7 +257,7 @@ for name, check in checks.items():
 print(f"after undo(): max|logits - base| = {undo_diff}")
 
 # %% [markdown]
-# v1 trains 0.09 % of SmolLM2; V2 a little under 1 %, of which three quarters are the visual projection. With
+# v1 trains 0.09 % of SmolLM2; V2 a little under 1 %, of which two thirds are the visual projection. With
 # `fusion="early"` the image–text group is the projection plus the bottom layer's 9 gates; with `fusion="add"` it is
 # the projection plus every prompt and gate, and the language group keeps only biases, scales and norms.
 #
@@ -280,6 +280,9 @@ test_pairs = make_instructions("test", seed=SEED)[: SIZES.persona_questions]
 questions = [p.question for p in test_pairs] + OPEN_QUESTIONS[:4]
 persona_examples = tokenize_chat_pairs(tokenizer, [(p.question, p.answer) for p in train_pairs], max_length=64,
                                        system=SYSTEM)
+heldout_batch = default_collate(tokenize_chat_pairs(tokenizer, [(p.question, p.answer) for p in
+                                                                make_instructions("test", seed=SEED)],
+                                                    max_length=64, system=SYSTEM))
 
 
 def answer_loss(model, batch):
@@ -306,12 +309,15 @@ for layers, (trainable, fwd, bwd) in step_times.items():
     print(f"prompts in the top {layers:2} layers: {trainable:>7,} parameters | forward {fwd:.2f} s | backward {bwd:.2f} s")
 
 # %% [markdown]
-# The forward pass costs the same in all three (every layer runs); the backward pass grows with $L$ because autograd
-# only differentiates the layers above the lowest prompt. (Timings are on a shared CPU, so read the trend, not the
-# digits.) We use $L = $ `SIZES.v1_layers` and look at the model's answers before training:
+# Every layer runs forward in all three (the forward pass grows only a little with $L$: each adapted layer recomputes
+# its queries and reads its prompt), but the backward pass grows in proportion to $L$, because autograd differentiates
+# only the layers above the lowest prompt. (Timings are on a shared CPU: read the trend, not the digits.) We train
+# with the prompts in the top `SIZES.v1_layers` layers (20 of 30 at `ci` scale). The model's answers before training:
 
 # %%
 llm.eval()
+with torch.no_grad():
+    heldout_before = answer_loss(llm, heldout_batch).item()  # all held-out persona pairs
 with Stopwatch() as generation:
     before = generate_answers(llm, tokenizer, questions, max_new_tokens=28, system=SYSTEM)
 for question, answer in zip(questions, before):
@@ -333,12 +339,15 @@ print(f"loss {v1_history.loss[0]:.3f} → {v1_history.loss[-1]:.3f} in {v1_histo
 import matplotlib.pyplot as plt
 
 llm.eval()
+with torch.no_grad():
+    heldout_after = answer_loss(llm, heldout_batch).item()
 after = generate_answers(llm, tokenizer, questions, max_new_tokens=28, system=SYSTEM)
 for question, old, new in zip(questions, before, after):
     print(f"Q: {question}\n  before: {old}\n  after : {new}\n")
 persona_before, persona_after = sum(map(follows_persona, before)), sum(map(follows_persona, after))
 gates = torch.stack([wrapper.adaption_gate.detach().tanh().abs().mean() for _, wrapper in v1_handle.attention])
 print(f"persona followed: {persona_before}/{len(questions)} before → {persona_after}/{len(questions)} after")
+print(f"loss on the {len(heldout_batch['labels'])} held-out persona answers: {heldout_before:.3f} → {heldout_after:.3f} nats")
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
 axes[0].plot(v1_history.steps, v1_history.loss, "o-", ms=3)
@@ -352,13 +361,16 @@ plt.show()
 v1_handle.undo()
 
 # %% [markdown]
-# The gates opened from exactly zero; the prompts learned the wrapper. The check below is the claim of this section:
-# the persona, never followed before, is followed on most held-out questions after a couple of dozen steps.
-# (Compared with LoRA in chapter 3, the facts inside the wrapper suffer more here: a prompt can only *steer* the
-# frozen layers, and at this learning rate it overfits the template. Exercise 1 looks at that.)
+# The gates opened from exactly zero (the top layers' the widest); the prompts learned the wrapper. The checks below
+# are this section's claims: the loss on *held-out* persona answers falls by more than two nats, and the persona,
+# never followed before, is followed on about half or more of the questions after 20 steps (we measured 6–7 of 10
+# across runs; a generation cut at 28 tokens or a missing "Beep boop!" counts as a miss). Compared with LoRA in
+# chapter 3, the facts inside the wrapper suffer more: a prompt can only *steer* the frozen layers, and 20 steps at
+# this learning rate fit the template hard. Exercise 1 looks at that.
 
 # %%
-assert persona_before == 0 and persona_after >= len(questions) // 2, (persona_before, persona_after)
+assert heldout_after < heldout_before - 2.0, (heldout_before, heldout_after)
+assert persona_before == 0 and persona_after >= 4, (persona_before, persona_after)
 
 # %% [markdown]
 # ## 10.6 V2 on easy-VQA: the data, the cached image features, and a blind baseline
@@ -367,9 +379,11 @@ assert persona_before == 0 and persona_after >= len(questions) // 2, (persona_be
 # (8 answers), the shape (3), and yes/no questions ("is there a red shape?", "is no triangle present?"). Yes/no
 # questions are 70 % of the data, so we sample the same number of each kind.
 #
-# **The encoder is frozen, so its features are computed once.** EfficientNet-Lite0 was trained at 224 px; feeding it
-# an upsampled 64-px image at 224 px costs ~12× more than at 64 px. We time a few sizes, then cache the features at
-# `SIZES.image_size` for every image we use: the pooled vector and the grid ($3 \times 3$ at 96 px).
+# **The encoder is frozen, so its features are computed once.** EfficientNet-Lite0 was trained at 224 px, but our
+# images are 64 px: upsampling them to 224 px multiplies the encoder's work by $(224/64)^2 \approx 12$ and adds no
+# information. We time a few sizes (on 8 images, so per-call overhead blurs the small sizes), then cache the
+# features at `SIZES.image_size` for every image we use: the pooled vector and the grid ($3 \times 3$ at 96 px). At
+# 96 px a linear probe on the pooled features names the colour and the shape well (§10.8) — enough for this task.
 
 # %%
 import random
@@ -404,6 +418,45 @@ print("seconds per image:", {f"{s} px": round(t, 4) for s, t in encode_seconds.i
 print(f"cached {len(train_shapes.images) + len(test_shapes.images)} images at {SIZES.image_size} px in "
       f"{caching.seconds:.1f} s: pooled {tuple(train_features['pooled'].shape)}, "
       f"grid {tuple(train_features['tokens'].shape)}")
+
+# %% [markdown]
+# **How small may the input be?** The features only need to carry colour and shape. A linear probe (logistic
+# regression on the pooled vector, trained in a fraction of a second) tells us how well each input size does:
+
+# %%
+def linear_probe(features, labels, classes, steps=200):
+    """Logistic regression on standardised pooled features (full batch, Adam): returns a predict function."""
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    weight = torch.zeros(features.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy((features - mean) / std @ weight + bias, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return lambda x: ((x - mean) / std @ weight + bias).argmax(1)
+
+
+
+def probe_accuracy(train_pooled, test_pooled):
+    torch.manual_seed(SEED)
+    colour = linear_probe(train_pooled, train_shapes.color, len(COLORS))(test_pooled)
+    shape = linear_probe(train_pooled, train_shapes.shape, len(SHAPES))(test_pooled)
+    return {"colour": (colour == test_shapes.color).float().mean().item(),
+            "shape": (shape == test_shapes.shape).float().mean().item()}
+
+
+probes = {64: probe_accuracy(image_features(train_shapes.images, 64)["pooled"],
+                             image_features(test_shapes.images, 64)["pooled"]),
+          SIZES.image_size: probe_accuracy(train_features["pooled"], test_features["pooled"])}
+for size, result in probes.items():
+    print(f"{size:3} px: linear-probe accuracy on the test images: colour {result['colour']:.2f}, "
+          f"shape {result['shape']:.2f}")
+
+# %% [markdown]
+# Shape survives any size; colour is what a smaller input costs (a 64-px image seen at 64 px gives the encoder only a
+# 2 × 2 grid). We keep `SIZES.image_size` — 96 px at `ci` scale, a fraction of the cost of 224 px.
 
 # %% [markdown]
 # **Questions, answers, and how we score them.** The prompt is plain text, `"Question: what color is the shape?\nAnswer:"`, and
@@ -605,7 +658,7 @@ fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 for run_name, run in vqa_runs.items():
     smoothed = run["history"].smoothed_loss(5)
     axes[0].plot(run["history"].steps[len(run["history"].steps) - len(smoothed):], smoothed, label=run_name)
-axes[0].set(xlabel="step", ylabel="cross-entropy among the candidates (nats, mean of 5 steps)",
+axes[0].set(xlabel="step", ylabel="candidate cross-entropy (nats, 5-step mean)",
             title="V2 on easy-VQA: training loss")
 axes[0].legend()
 names = ["blind", "frozen"] + list(vqa_runs)
@@ -619,17 +672,22 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **What the table says (this run).** The *added* fusion learns to read the image within a couple of dozen steps: shape
-# and colour are far above the blind prior. The paper's *early* fusion, with the same budget, stays close to the
-# prior: a signal injected at the bottom layer must pass through 29 frozen layers and arrive in a form they already
-# know how to turn into " red", whereas a prompt in the top layers sits a few layers from the output. The paper trains
-# early fusion on 567 K image–caption pairs; we give it 320 questions.
+# **What the table says (this run).** The *added* fusion learns to read the image within 20 steps: shape perfectly,
+# colour well above the blind prior. The paper's *early* fusion, with the same budget, learned the easy half — the
+# shape — but not the colour: a signal injected at the bottom layer must pass through 29 frozen layers and arrive in
+# a form they already know how to turn into " red", whereas a prompt in the top layers sits a few layers from the
+# output. The paper trains early fusion on 567 K image–caption pairs; we give it 320 questions. No run learned the
+# yes/no questions in 20 steps (they need the question's colour or shape *compared* with the image's); the blind
+# prior wins there by exploiting how unevenly each question template's answers are distributed.
 #
 # Early fusion's reward is in the last two columns: with disjoint groups, the visual path is silent when there is no
 # image, so the text-only model is **bit-for-bit** the base model (`max|Δlogits| = 0`) — image training cannot
 # interfere with instruction following. The added fusion trains the static prompts, which act on every input, so
-# the text-only model changes; training everything on VQA (single-stage) moves the language group too. That is the
-# interference V2's disjoint groups and early fusion are designed to avoid. The checks:
+# the text-only model changes (a little, on the paragraph). Training *everything* on VQA (single-stage) moves the
+# language group too, and within 10 steps the language model is wrecked: the loss on ordinary English rises by
+# several nats — it has been turned into a one-word answering machine. That is the interference V2's disjoint
+# groups and early fusion are designed to avoid. (Its VQA accuracy comes from half the steps of the other runs, so
+# do not compare that column.) The checks:
 
 # %%
 early, added, single = (vqa_runs[name] for name in RUNS)
@@ -638,6 +696,8 @@ assert added["text_change"] > 0 and single["text_change"] > 0
 assert added["accuracy"]["colour"] >= blind["colour"] + 0.1, (added["accuracy"], blind)  # uses the image
 assert added["accuracy"]["shape"] >= blind["shape"] + 0.3, (added["accuracy"], blind)
 assert added["accuracy"]["all"] >= early["accuracy"]["all"] + 0.1, (added["accuracy"], early["accuracy"])
+assert early["accuracy"]["shape"] >= blind["shape"] + 0.15, (early["accuracy"], blind)  # it does see the image
+assert single["paragraph"] > base_paragraph + 2.0 > added["paragraph"], (base_paragraph, added, single)
 
 # %% [markdown]
 # ## 10.8 An expert at inference: a caption in the prompt, no training
@@ -648,20 +708,6 @@ assert added["accuracy"]["all"] >= early["accuracy"]["all"] + 0.1, (added["accur
 # `"The image shows a red circle.\nQuestion: …\nAnswer:"`.
 
 # %%
-def linear_probe(features, labels, classes, steps=200):
-    """Logistic regression on standardised pooled features (full batch, Adam): returns a predict function."""
-    mean, std = features.mean(0), features.std(0) + 1e-6
-    weight = torch.zeros(features.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
-    for _ in range(steps):
-        loss = F.cross_entropy((features - mean) / std @ weight + bias, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return lambda x: ((x - mean) / std @ weight + bias).argmax(1)
-
-
 with Stopwatch() as probe_time:
     torch.manual_seed(SEED)
     colour_probe = linear_probe(train_features["pooled"], train_shapes.color, len(COLORS))
@@ -706,15 +752,19 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **Reading the expert table (this run).** The caption helps where the model's own view of the image is weak — and
-# only as much as the model can *read* it. The frozen SmolLM2-135M, never trained on this format, barely uses the
-# caption; the V2 model, whose visual path was trained on these questions (but never saw a caption), is the one to
-# compare its two rows for. The expert itself cost a second of training on features we had cached anyway, and zero
-# training of the language model — the point V2 makes. The check below is the chapter's claim about the expert: its
-# captions are right far more often than the blind prior, so the information *is* in the prompt.
+# **Reading the expert table (this run).** The caption helps where the model's own view of the image is weak, and
+# only as much as the model can *read* it. The V2 model saw the colour poorly through its visual prompt; with the
+# caption, which it never saw in training, its colour accuracy rises by about a third. The frozen SmolLM2 reads the
+# shape from the caption almost perfectly but the colour only partly, although the caption names it correctly 88 % of
+# the time: a 135M model is not a reliable reader (and in our trials the exact wording of the prompt moved its colour
+# accuracy by 20 points). Yes/no questions gain nothing: answering them needs a comparison the small model does not
+# make. The expert cost a second of training on features we had cached anyway, and no training of the language
+# model — V2's point. The checks (margins measured: +0.34 and +0.70):
 
 # %%
 assert expert_accuracy["colour"] >= blind["colour"] + 0.4 and expert_accuracy["shape"] >= 0.9, expert_accuracy
+assert v2_captioned["colour"] >= added["accuracy"]["colour"] + 0.15, (added["accuracy"], v2_captioned)
+assert base_captioned["shape"] >= base_vqa["shape"] + 0.4, (base_vqa, base_captioned)
 
 # %% [markdown]
 # ## 10.9 The papers reported / we measured
@@ -725,9 +775,9 @@ assert expert_accuracy["colour"] >= blind["colour"] + 0.4 and expert_accuracy["s
 # | v1: zero-init gating keeps the pretrained model intact at the start | {cite}`zhang2023llamaadapter` | `max|logits − base| = 0.0` at init for v1 and both V2 fusions (§10.4) |
 # | V2 "merely introduc[es] 14M parameters over LLaMA" (65B chatbot) | {cite}`gao2023llamaadapterv2`, abstract | **13,811,712** with the official code's input-channel scales; 14,917,632 with the paper's output-channel Eq. (10.2) (§10.3) |
 # | bias tuning is "only 0.04% (∼5M)" of LLaMA | {cite}`gao2023llamaadapterv2` §4.1 (reference notes §3.3) | 2,764,800 / 2,985,984 on LLaMA-7B; the paper's two figures disagree with each other |
-# | early fusion (visual tokens only in early layers) gives "better visual knowledge incorporation" | abstract | at 20 steps the *added* fusion learned far faster (§10.7); early fusion's benefit we could measure is isolation: text-only logits bit-for-bit unchanged |
-# | joint training of disjoint groups "alleviates the interference" between image–text alignment and instruction following | abstract | disjoint early: text-only change 0; single-stage (everything trained on VQA): the paragraph loss rose by several nats (§10.7) |
-# | expert models at inference "enhance its image understanding capability without incurring training costs" | abstract | the caption rows of §10.8 |
+# | early fusion (visual tokens only in early layers) gives "better visual knowledge incorporation" | abstract | at 20 steps the *added* fusion learned far faster (early fusion learned the shape, not the colour; §10.7); the benefit of early fusion we could measure is isolation: text-only logits bit-for-bit unchanged |
+# | joint training of disjoint groups "alleviates the interference" between image–text alignment and instruction following | abstract | disjoint early: text-only change exactly 0; single-stage (everything trained on VQA): the loss on ordinary English rose by several nats within 10 steps (§10.7). The instruction-data half of the joint recipe is Exercise 3 |
+# | expert models at inference "enhance its image understanding capability without incurring training costs" | abstract | a linear-probe caption raised V2's colour accuracy by about a third and the frozen model's shape accuracy from chance to near perfect (§10.8); yes/no did not gain |
 #
 # **Why ours differ.** The papers train LLaMA-7B/65B on 52 K instructions and 567 K image–caption pairs with CLIP
 # features for epochs on 8 A100s; we train a 4-bit-quantised (then dequantised) 135M-parameter model for 20 steps on a
@@ -807,6 +857,8 @@ record(
         "VQA all acc, add + caption expert": (100 * v2_captioned["all"], "%"),
         "VQA all acc, frozen + caption expert": (100 * base_captioned["all"], "%"),
         "expert caption colour acc": (100 * expert_accuracy["colour"], "%"),
+        "probe colour acc at 64 px": (100 * probes[64]["colour"], "%"),
+        "probe colour acc at image_size": (100 * probes[SIZES.image_size]["colour"], "%"),
         "text-only max|dlogits|, early disjoint": (early["text_change"], "logit"),
         "paragraph loss, single-stage": (single["paragraph"], "nats/token"),
         "paragraph loss, base": (base_paragraph, "nats/token"),
