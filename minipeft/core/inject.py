@@ -25,6 +25,18 @@ from torch import nn
 WRAPPER_ATTRIBUTE = "minipeft_method"
 
 
+def check_target_names(field_name: str, value) -> None:
+    """Validate a config's ``target_modules`` / ``exclude`` field: ``None``, a name/regex, or a non-empty list of them."""
+    if value is None:
+        return
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, str) and i for i in items):
+        raise ValueError(
+            f"{field_name} must be a module name, a regex or a non-empty list of them, got {value!r} "
+            "(e.g. ['q_proj', 'v_proj'] or r'.*layers\\.[01]\\..*proj')."
+        )
+
+
 def is_wrapper(module: nn.Module) -> bool:
     """True when ``module`` is a minipeft wrapper (it carries a ``minipeft_method`` attribute)."""
     return getattr(module, WRAPPER_ATTRIBUTE, None) is not None

@@ -99,7 +99,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.inject import Injection, inject
+from ..core.inject import Injection, check_target_names, inject
 from ..core.params import freeze
 
 SUPPORT_TENSORS = ("A", "B", "C", "D", "E")
@@ -116,17 +116,6 @@ OUTPUT_LAYER_NAMES = ("lm_head", "head", "classifier", "score")  # left out when
 # ------------------------------------------------------------------------------------------------------------------
 # Config
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def _check_names(field_name: str, value) -> None:
-    if value is None:
-        return
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, str) and i for i in items):
-        raise ValueError(
-            f"{field_name} must be a module name, a regex or a non-empty list of them, got {value!r} "
-            "(e.g. ['q_proj', 'v_proj'] or r'.*layers\\.[01]\\..*proj')."
-        )
 
 
 def _check_path(path, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -192,8 +181,8 @@ class GloraConfig:
     def __post_init__(self):
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
             raise ValueError(f"r must be a positive integer (the rank of the LoRA choices), got {self.r!r}; e.g. r=8.")
-        _check_names("target_modules", self.target_modules)
-        _check_names("exclude", self.exclude)
+        check_target_names("target_modules", self.target_modules)
+        check_target_names("exclude", self.exclude)
         self.path = _check_path(self.path, DEFAULT_PATH)
         self.choices = _check_choices(self.choices)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

@@ -92,7 +92,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ..core.inject import Injection, inject
+from ..core.inject import Injection, check_target_names, inject
 from ..core.io import atomic_write, load_weights, read_weights
 from ..core.params import freeze
 
@@ -113,17 +113,6 @@ DEFAULT_TARGETS = {
 # ------------------------------------------------------------------------------------------------------------------
 # Config
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def _check_names(field_name: str, value) -> None:
-    if value is None:
-        return
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, str) and i for i in items):
-        raise ValueError(
-            f"{field_name} must be a module name, a regex or a non-empty list of them, got {value!r} "
-            "(e.g. ['q_proj', 'v_proj'] or r'.*layers\\.[01]\\..*proj')."
-        )
 
 
 @dataclass
@@ -166,8 +155,8 @@ class LoraConfig:
             )
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}.")
-        _check_names("target_modules", self.target_modules)
-        _check_names("exclude", self.exclude)
+        check_target_names("target_modules", self.target_modules)
+        check_target_names("exclude", self.exclude)
         if not isinstance(self.use_rslora, bool):
             raise ValueError(f"use_rslora must be True or False, got {self.use_rslora!r}.")
         if self.init not in INITS:

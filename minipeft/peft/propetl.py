@@ -105,7 +105,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.inject import Injection, find_modules, inject
+from ..core.inject import Injection, check_target_names, find_modules, inject
 from ..core.params import freeze
 
 PROTOTYPES = ("adapter", "lora")
@@ -171,17 +171,6 @@ def _positive_int(name: str, value, hint: str) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}; {hint}")
 
 
-def _check_names(field_name: str, value) -> None:
-    if value is None:
-        return
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(i, str) and i for i in items):
-        raise ValueError(
-            f"{field_name} must be a module name, a regex or a non-empty list of them, got {value!r} "
-            "(e.g. ['q_proj', 'v_proj'])."
-        )
-
-
 @dataclass
 class ProPETLConfig:
     """A shared prototype, where it goes, and how its masks are learned.
@@ -245,8 +234,8 @@ class ProPETLConfig:
             raise ValueError(
                 f"alpha must be a positive number (the update is scaled by alpha / r), got {self.alpha!r}."
             )
-        _check_names("target_modules", self.target_modules)
-        _check_names("exclude", self.exclude)
+        check_target_names("target_modules", self.target_modules)
+        check_target_names("exclude", self.exclude)
         tasks = [self.tasks] if isinstance(self.tasks, str) else self.tasks
         if (not isinstance(tasks, (list, tuple)) or not tasks
                 or not all(isinstance(t, str) and t and "." not in t for t in tasks)):
