@@ -54,7 +54,8 @@ attention, while the static adaptation prompts sit in the top layers — the two
 
 (d) *Joint training with disjoint parameters*: image–text data trains the visual projection and the early gated
 attention; instruction data trains the late prompts and gates, the norms, biases and scales.
-:func:`parameter_groups` returns the two groups.
+:func:`parameter_groups` returns the two groups and :func:`joint_train` trains them, one batch of each kind per
+step (or, for the ablation, both kinds of batch on every tensor: ``disjoint=False``).
 
 Give the model its image with ``handle.set_visual_features(features)`` (until changed) or
 ``with handle.visual_features(features): ...``. Each layer that reads the image projects it inside its own forward
@@ -110,16 +111,20 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import default_collate
 
 from ..core.inject import Injection, find_modules, inject, is_wrapper
 from ..core.io import load_weights
 from ..core.params import freeze
+from ..core.scale import default_device
+from ..core.train import History, TrainConfig, batch_indices, lr_multiplier, move_to, seed_everything
 
 VISUAL_ATTRIBUTE = "minipeft_visual"  # where the visual projection lives inside the model
 GATES = ("tanh", "raw")
@@ -786,6 +791,102 @@ def parameter_groups(handle: LlamaAdapterHandle, names: bool = False) -> dict[st
             ("adapter_bias", "adapter_scale"))  # a linear layer inside an early attention is still "language"
         groups["image_text" if in_image_text else "language"].append(name if names else parameter)
     return groups
+
+
+def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: Sequence,
+                image_text_loss: Callable[[nn.Module, Any], torch.Tensor], language_data: Sequence,
+                language_loss: Callable[[nn.Module, Any], torch.Tensor], config: TrainConfig, *,
+                language_batch_size: int | None = None, disjoint: bool = True,
+                collate: Callable[[list], Any] = default_collate) -> dict[str, History]:
+    """V2's joint training (Sec. 4.2): every step trains on one image–text batch, then on one language-only batch.
+
+    * ``disjoint=True`` (the paper): the image–text batch updates only ``parameter_groups(handle)["image_text"]``
+      and the language batch only ``["language"]``. Each group has its own AdamW, and while one group steps the other
+      is frozen (``requires_grad=False``), so autograd does not even compute the other group's gradient and neither
+      kind of data can move the other's parameters — not through a gradient and not through an optimiser's momentum.
+    * ``disjoint=False`` (the ablation, "single-stage"): one AdamW over every V2 tensor, and both batches update
+      everything. Same data, same order, same number of updates: only the split differs.
+
+    Before every language batch the image is cleared (``handle.set_visual_features(None)``), so a text-only batch
+    never reads the features the previous image–text batch left behind. ``image_text_loss`` must set the features of
+    its own batch (e.g. looked up in a cache with the batch's image indices).
+
+    Args:
+        model, handle: a model and the :class:`LlamaAdapterHandle` of a V2 with a visual path.
+        image_text_data, image_text_loss: map-style dataset and ``loss(model, batch) -> scalar`` of image–text pairs.
+        language_data, language_loss: the same for the language-only instructions.
+        config: a :class:`~minipeft.core.TrainConfig`. ``steps`` counts *pairs* of batches; ``batch_size``,
+            ``lr``, ``weight_decay``, warm-up, schedule, ``grad_clip``, ``seed``, ``device`` and ``amp`` are used as
+            :func:`~minipeft.core.train` uses them (no evaluation callback, no checkpoints).
+        language_batch_size: batch size of the language stream (default: ``config.batch_size``).
+        disjoint: the paper's disjoint groups (True) or one group for everything (False).
+
+    Returns:
+        ``{"image_text": History, "language": History}``, one loss per step each; both carry the total wall time.
+    """
+    if not handle.has_visual:
+        raise ValueError("joint training needs V2 with a visual path (LlamaAdapterV2Config(visual_dim=...)); without "
+                         "one every tensor is in the language group: use minipeft.core.train.")
+    if config.checkpoint or config.eval_every:
+        raise ValueError("joint_train does not checkpoint or evaluate during training; set checkpoint=None and "
+                         "eval_every=0, and evaluate after it returns.")
+    if len(image_text_data) == 0 or len(language_data) == 0:
+        raise ValueError("both training sets must be non-empty (image–text and language-only).")
+    device = torch.device(config.device) if config.device else default_device()
+    model.to(device)
+    use_amp = (device.type == "cuda") if config.amp is None else config.amp
+    groups = parameter_groups(handle)
+    everything = groups["image_text"] + groups["language"]
+    trained = {"image_text": groups["image_text"], "language": groups["language"]} if disjoint else \
+        {"image_text": everything, "language": everything}
+    optimizers = {"image_text": torch.optim.AdamW(trained["image_text"], lr=config.lr,
+                                                  weight_decay=config.weight_decay)}
+    optimizers["language"] = torch.optim.AdamW(trained["language"], lr=config.lr, weight_decay=config.weight_decay) \
+        if disjoint else optimizers["image_text"]  # single-stage: one optimiser, one set of moments
+    streams = {"image_text": (image_text_data, image_text_loss, config.batch_size, config.seed),
+               "language": (language_data, language_loss, language_batch_size or config.batch_size,
+                            config.seed + 1)}  # another seed: the two streams are shuffled independently
+    histories = {"image_text": History(), "language": History()}
+
+    seed_everything(config.seed)
+    started = time.perf_counter()
+    model.train()
+    try:
+        for step in range(config.steps):
+            factor = lr_multiplier(step, config)
+            for stream, (data, loss_fn, batch_size, seed) in streams.items():
+                for parameter in everything:  # only this stream's parameters take part in the graph
+                    parameter.requires_grad_(False)
+                for parameter in trained[stream]:
+                    parameter.requires_grad_(True)
+                if stream == "language":
+                    handle.set_visual_features(None)
+                optimizer = optimizers[stream]
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * factor
+                indices = batch_indices(len(data), batch_size, seed, step)
+                batch = move_to(collate([data[int(i)] for i in indices]), device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = loss_fn(model, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{stream} loss is {loss.item()} at step {step + 1}; lower the "
+                                             "learning rate.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(trained[stream], config.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)  # no stale gradient may reach the other stream's step
+                histories[stream].steps.append(step + 1)
+                histories[stream].loss.append(float(loss.detach()))
+                histories[stream].lr.append(config.lr * factor)
+    finally:
+        for parameter in everything:  # every V2 tensor trainable again, as apply() left them
+            parameter.requires_grad_(True)
+        handle.set_visual_features(None)
+    for history in histories.values():
+        history.wall_time = time.perf_counter() - started
+    return histories
 
 
 def count_llama_adapter_parameters(model_config, adapter_len: int = 10, adapter_layers: int | None = 30,

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from minipeft.core import read_weights, save_weights
+from minipeft.core import TrainConfig, read_weights, save_weights
 from minipeft.models import VisionEncoderOutput, tiny_bert, tiny_llama
 from minipeft.multimodal import VisualProjection
 from minipeft.peft.llama_adapter import (AdaptedAttention, BiasScaleLinear, LlamaAdapterConfig, LlamaAdapterV2Config,
-                                         apply, count_llama_adapter_parameters, parameter_groups)
+                                         apply, count_llama_adapter_parameters, joint_train, parameter_groups)
 
 # tiny_llama: d=64, 2 layers, 4 query heads sharing 2 key/value heads (head_dim 16), FFN 128, vocab 256
 D, LAYERS, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB = 64, 2, 4, 2, 16, 128, 256
@@ -572,6 +572,108 @@ def test_without_a_visual_path_everything_is_language():
     groups = parameter_groups(handle)
     assert groups["image_text"] == [] and len(groups["language"]) == len(handle.parameters())
     assert handle.early_layers == [] and len(handle.top_layers) == LAYERS
+
+
+# --------------------------------------------------------------------------------------- V2: joint training
+
+
+def joint_data(n=6, seed=4):
+    """Image-text examples (token ids + the row of their image in a feature cache) and language-only examples."""
+    image_text = [{"input_ids": ids(seed + i, (6,)), "image": torch.tensor(i % 3)} for i in range(n)]
+    language = [{"input_ids": ids(seed + 100 + i, (8,))} for i in range(n)]
+    return image_text, language
+
+
+def joint_run(model, handle, steps=2, disjoint=True, log=None, examples=6):
+    """joint_train on the tiny model; ``log`` collects (stream, snapshot of every parameter) at each loss call."""
+    cache = image_features(batch=3)
+    image_text, language = joint_data(examples)
+
+    def snapshot(stream):
+        if log is not None:
+            log.append((stream, {n: p.detach().clone() for n, p in model.named_parameters()}))
+
+    def image_text_loss(model, batch):
+        snapshot("image_text")
+        handle.set_visual_features(cache[batch["image"]])
+        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    def language_loss(model, batch):
+        snapshot("language")
+        assert handle._visual.features is None  # the previous image-text batch's image was cleared
+        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    config = TrainConfig(steps=steps, batch_size=2, lr=0.05, seed=0, device="cpu", progress=False)
+    return joint_train(model, handle, image_text, image_text_loss, language, language_loss, config,
+                       language_batch_size=min(3, examples), disjoint=disjoint)
+
+
+@pytest.mark.parametrize("fusion", ["early", "add"])
+def test_joint_training_each_batch_changes_only_its_own_group(fusion):
+    """The defining property of V2's disjoint joint training: between two consecutive loss calls (i.e. across one
+    optimiser step) only the group of the batch that was just trained has changed — for every step."""
+    model = tiny_llama()
+    handle = apply(model, v2_config(fusion=fusion, visual_len=K if fusion == "add" else VISUAL_LEN))
+    randomise(handle)  # open the gates, so every tensor of the method gets a gradient
+    groups = parameter_groups(handle, names=True)
+    log = []
+    histories = joint_run(model, handle, steps=3, log=log)
+    log.append(("end", {n: p.detach().clone() for n, p in model.named_parameters()}))
+    assert [stream for stream, _ in log] == ["image_text", "language"] * 3 + ["end"]
+    for (stream, before), (_, after) in zip(log, log[1:]):
+        changed = {n for n in before if not torch.equal(before[n], after[n])}
+        assert changed == set(groups[stream]), (stream, changed ^ set(groups[stream]))
+    assert len(histories["image_text"].loss) == len(histories["language"].loss) == 3
+    assert all(p.requires_grad for p in handle.parameters())  # restored after training
+    assert handle._visual.features is None
+
+
+def test_single_stage_ablation_updates_everything_from_both_kinds_of_batch():
+    model = tiny_llama()
+    handle = apply(model, v2_config())
+    randomise(handle)
+    log = []
+    joint_run(model, handle, steps=1, disjoint=False, log=log)
+    log.append(("end", {n: p.detach().clone() for n, p in model.named_parameters()}))
+    everything = {n for n, _ in handle.named_parameters()}
+    (_, start), (_, middle), (_, end) = log
+    after_image_text = {n for n in start if not torch.equal(start[n], middle[n])}
+    after_language = {n for n in start if not torch.equal(middle[n], end[n])}
+    assert after_image_text == everything  # the image-text batch moved the language group too: interference
+    # a text-only batch gives the visual path and the early gate no gradient (AdamW skips a tensor without one)
+    assert after_language == everything - set(parameter_groups(handle, names=True)["image_text"])
+
+
+def test_joint_training_lowers_both_losses_and_is_reproducible():
+    def run():
+        torch.manual_seed(0)
+        model = tiny_llama()
+        handle = apply(model, v2_config(fusion="add", visual_len=K))  # image tokens in every layer: learns fast
+        randomise(handle)
+        return joint_run(model, handle, steps=30, examples=2), handle.state_dict()  # two examples: memorised
+
+    (histories, state), (histories_again, state_again) = run(), run()
+    for stream in ("image_text", "language"):
+        loss = histories[stream].loss
+        assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 0.1, (stream, loss)
+        assert loss == histories_again[stream].loss
+    assert all(torch.equal(state[n], state_again[n]) for n in state)
+
+
+def test_joint_training_refuses_what_it_cannot_do():
+    image_text, language = joint_data()
+    config = TrainConfig(steps=1, batch_size=2, device="cpu", progress=False)
+    loss = lambda model, batch: model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss  # noqa: E731
+    text_only = apply(tiny_llama(), LlamaAdapterV2Config(adapter_len=K))
+    with pytest.raises(ValueError, match="needs V2 with a visual path"):
+        joint_train(text_only.model, text_only, image_text, loss, language, loss, config)
+    model = tiny_llama()
+    handle = apply(model, v2_config())
+    with pytest.raises(ValueError, match="checkpoint"):
+        joint_train(model, handle, image_text, loss, language, loss,
+                    TrainConfig(steps=1, checkpoint="x.safetensors", checkpoint_every=1))
+    with pytest.raises(ValueError, match="non-empty"):
+        joint_train(model, handle, [], loss, language, loss, config)
 
 
 # --------------------------------------------------------------------------------------- the papers' arithmetic (meta)
