@@ -63,11 +63,14 @@ Paper versus code (what a reader comparing numbers should know):
    first ``P`` belonging to virtual tokens — peft does the same. :meth:`PromptHandle.strip_virtual_tokens`
    removes them. With labels, the first real token is now predicted from the last virtual token, so the loss
    averages one more term than the base model's loss on the same labels. Prefix tuning adds no positions.
-3. *Initialisation.* peft initialises every table with ``nn.Embedding``'s N(0, 1), which we follow for the prefix.
-   Lester et al. sample a random prompt uniformly from [-0.5, 0.5]; we do that for ``init="random"``.
-   ``init="text"`` copies the embeddings of a tokenised text, repeated or cut to ``P`` (like peft's ``TEXT``,
-   special tokens such as BOS included); ``init="vocab"`` copies random vocabulary rows (the paper samples from
-   the 5,000 most common tokens, peft and we from the whole vocabulary).
+3. *Initialisation.* peft initialises every table with ``nn.Embedding``'s N(0, 1), which we follow for the prefix
+   (``PrefixTuningConfig(init="random")``, the default). Lester et al. sample a random prompt uniformly from
+   [-0.5, 0.5]; we do that for ``PromptTuningConfig(init="random")``. ``init="text"`` copies the embeddings of a
+   tokenised text, repeated or cut to ``P`` (like peft's ``TEXT``, special tokens such as BOS included);
+   ``init="vocab"`` copies random vocabulary rows (the paper samples from the 5,000 most common tokens, peft and we
+   from the whole vocabulary). ``PrefixTuningConfig(init="text")`` starts the prefix from the keys and values the
+   frozen model caches for the same ``P`` text tokens (Li & Liang study initialising with real words' activations);
+   peft has no such option for prefix tuning.
 4. *Grouped-query attention.* The prefix has ``num_key_value_heads`` heads per layer, not ``num_attention_heads``,
    because it lives in the key/value cache (peft issue #1901). peft then also sizes the projection MLP's input
    and hidden width by ``kv_heads * head_dim``; here they default to the model width ``d`` and can be set with
@@ -128,12 +131,18 @@ class PrefixTuningConfig:
             parameters themselves.
         embedding_size: width of :math:`P'_\\theta` (projection only); ``None`` = the model width ``d``.
         encoder_hidden_size: hidden width of the MLP (projection only); ``None`` = the model width ``d``.
+        init: ``"random"`` (N(0, 1) keys and values, like ``nn.Embedding`` and peft) or ``"text"`` (the keys and
+            values the frozen model caches for ``init_text``'s tokens, repeated or cut to ``P`` as in prompt tuning;
+            pass ``tokenizer=`` to :func:`apply`; only without ``prefix_projection``). See :func:`_prefix_from_text`.
+        init_text: the text for ``init="text"``, e.g. ``"Classify the intent of this message:"``.
     """
 
     num_virtual_tokens: int = 20
     prefix_projection: bool = False
     embedding_size: int | None = None
     encoder_hidden_size: int | None = None
+    init: str = "random"
+    init_text: str | None = None
 
     method = "prefix"
 
@@ -145,6 +154,19 @@ class PrefixTuningConfig:
             raise ValueError(
                 "embedding_size and encoder_hidden_size size the reparameterisation MLP; "
                 "set prefix_projection=True to use them, or leave them None."
+            )
+        self.init = str(self.init).lower()
+        if self.init not in ("random", "text"):
+            raise ValueError(f"init must be 'random' or 'text', got {self.init!r}.")
+        if self.init == "text" and not self.init_text:
+            raise ValueError("init='text' needs init_text (the words whose keys and values start the prefix).")
+        if self.init != "text" and self.init_text:
+            raise ValueError(f"init_text is only used with init='text' (init is {self.init!r}); set init='text'.")
+        if self.init == "text" and self.prefix_projection:
+            raise ValueError(
+                "init='text' is only defined without the projection (prefix_projection=False): with it the prefix "
+                "is MLP(P'), and no exact choice of P' and the MLP is known to reproduce given keys and values. "
+                "Use init='random' with prefix_projection=True."
             )
 
 
@@ -220,11 +242,14 @@ class PrefixEncoder(nn.Module):
     ``(layers, kv_heads, P, head_dim)``. With projection they are computed from ``embedding`` ``(P, d')`` by
     ``mlp``; the MLP's output for one virtual token is laid out ``(layers, 2, kv_heads, head_dim)`` — layer by layer,
     key before value — which is also peft's layout, so weights carry over unchanged.
+
+    ``start``: initial ``(keys, values)`` for ``init="text"`` (see :func:`_prefix_from_text`); ``None`` = N(0, 1).
     """
 
     minipeft_method = "prefix"
 
-    def __init__(self, config: PrefixTuningConfig, layers: int, kv_heads: int, head_dim: int, d_model: int):
+    def __init__(self, config: PrefixTuningConfig, layers: int, kv_heads: int, head_dim: int, d_model: int,
+                 start: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
         self.num_virtual_tokens = P = config.num_virtual_tokens
@@ -237,9 +262,19 @@ class PrefixEncoder(nn.Module):
             self.mlp = nn.Sequential(
                 nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, layers * 2 * kv_heads * head_dim)
             )
-        else:
+        elif start is None:
             self.prefix_keys = nn.Parameter(torch.randn(layers, kv_heads, P, head_dim))  # (L, H_kv, P, hd)
             self.prefix_values = nn.Parameter(torch.randn(layers, kv_heads, P, head_dim))  # (L, H_kv, P, hd)
+        else:
+            keys, values = start
+            if keys.shape != (layers, kv_heads, P, head_dim) or values.shape != keys.shape:
+                raise ValueError(
+                    f"the text's cache has keys {tuple(keys.shape)} and values {tuple(values.shape)}, but the prefix "
+                    f"needs (layers, kv_heads, P, head_dim) = {(layers, kv_heads, P, head_dim)}."
+                )
+            # Trainable tensors stay in fp32 even on a half-precision model; they are cast when used.
+            self.prefix_keys = nn.Parameter(keys.detach().float().clone())  # (L, H_kv, P, hd)
+            self.prefix_values = nn.Parameter(values.detach().float().clone())  # (L, H_kv, P, hd)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.projection:
@@ -270,10 +305,7 @@ class PromptEmbedding(nn.Module):
             prompt = torch.empty(P, weight.shape[1]).uniform_(-0.5, 0.5)
         else:
             if config.init == "text":
-                token_ids = _tokenize(tokenizer, config.init_text)
-                # Repeat the text until it covers P positions, then cut it to exactly P.
-                token_ids = (token_ids * math.ceil(P / len(token_ids)))[:P]
-                ids = torch.tensor(token_ids, dtype=torch.long)
+                ids = torch.tensor(_text_token_ids(tokenizer, config.init_text, P), dtype=torch.long)
             else:  # "vocab"
                 ids = torch.randint(0, weight.shape[0], (P,))
             with torch.no_grad():
@@ -322,6 +354,57 @@ def _tokenize(tokenizer, text: str) -> list[int]:
     if not token_ids:
         raise ValueError(f"init_text {text!r} tokenises to no tokens; use a longer text.")
     return [int(t) for t in token_ids]
+
+
+def _text_token_ids(tokenizer, text: str, length: int) -> list[int]:
+    """The token ids that ``init="text"`` starts from: the text's ids, repeated until they cover ``length``
+    positions, then cut to exactly ``length`` (the same rule for prompt tuning and prefix tuning)."""
+    token_ids = _tokenize(tokenizer, text)
+    return (token_ids * math.ceil(length / len(token_ids)))[:length]
+
+
+def _prefix_from_text(model: nn.Module, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefix tuning's ``init="text"``: the keys and values the frozen model caches for ``token_ids``.
+
+    Why. A prefix is read by every real token in every layer, as keys and values (equation in the module
+    docstring). N(0, 1) keys and values are nothing like what attention saw in pretraining, so the untrained prefix
+    already wrecks the model's output (on SmolLM2-135M it more than doubles the loss; chapter 4). Li & Liang (2021)
+    study initialising the prefix with the activations of real words and find it beats random initialisation,
+    most of all in low-data settings. The cleanest such start is the model's own cache: run the frozen model once
+    on the ``P`` text tokens and keep each layer's keys and values exactly as the cache holds them — keys after the
+    model's position encoding (RoPE at positions ``0..P-1``), values as computed. The real tokens then come at
+    positions ``P, P+1, ...`` (see "Positions" in the module docstring), so at step 0 the prefixed model on ``x``
+    *is* the base model on ``[text tokens; x]``: the prefix starts as a hard prompt, and training moves it from
+    there.
+
+    peft has no such option: its ``PrefixTuningConfig`` starts from ``nn.Embedding``'s N(0, 1) (with or without
+    projection), or from zeros with ``init_weights="zero"`` (peft 0.21); its ``prompt_tuning_init="TEXT"`` belongs
+    to prompt tuning only. Nothing in peft starts a prefix from real activations.
+
+    The model must be bare (no prompt method attached: :func:`apply` calls this before its hook is in place) and
+    causal: a bidirectional encoder's text tokens would attend to ``x`` too, so no cache of the text alone exists.
+
+    Returns:
+        ``(keys, values)``, each ``(layers, kv_heads, P, head_dim)``, in the model's dtype.
+    """
+    device = model.get_input_embeddings().weight.device
+    ids = torch.tensor([token_ids], dtype=torch.long, device=device)  # (1, P): one sequence, no padding
+    modes = {module: module.training for module in model.modules()}
+    model.eval()  # the cache the model produces at inference (no dropout)
+    try:
+        with torch.no_grad():  # a measurement, not part of training
+            cache = getattr(model(input_ids=ids, use_cache=True), "past_key_values", None)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if cache is None:
+        raise ValueError(
+            f"init='text' for prefix tuning needs a causal model that returns its key/value cache "
+            f"(e.g. LlamaForCausalLM); {type(model).__name__} returned none. Use init='random'."
+        )
+    keys = torch.stack([layer.keys[0] for layer in cache.layers])  # (L, H_kv, P, hd): batch row 0
+    values = torch.stack([layer.values[0] for layer in cache.layers])  # (L, H_kv, P, hd)
+    return keys, values
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -530,7 +613,7 @@ def apply(model: nn.Module, config, tokenizer=None) -> PromptHandle:
             ``past_key_values`` (prefix tuning): a causal LM such as ``LlamaForCausalLM``, or an encoder such as
             ``BertModel`` (whose absolute position embeddings then start at ``P`` for the real tokens).
         config: :class:`PrefixTuningConfig`, :class:`PromptTuningConfig` or :class:`PTuningConfig`.
-        tokenizer: only for ``PromptTuningConfig(init="text")``: ``tokenizer(text)["input_ids"]`` gives the ids.
+        tokenizer: only for ``init="text"`` (prompt or prefix tuning): ``tokenizer(text)["input_ids"]`` gives the ids.
 
     Returns:
         a :class:`PromptHandle`; only the method's parameters are trainable.
@@ -556,7 +639,11 @@ def apply(model: nn.Module, config, tokenizer=None) -> PromptHandle:
         heads = text.num_attention_heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
         head_dim = getattr(text, "head_dim", None) or d_model // heads
-        module = PrefixEncoder(config, text.num_hidden_layers, kv_heads, head_dim, d_model)
+        start = None
+        if config.init == "text":  # run the bare model on the text now, before the hook is in place
+            token_ids = _text_token_ids(tokenizer, config.init_text, config.num_virtual_tokens)
+            start = _prefix_from_text(model, token_ids)
+        module = PrefixEncoder(config, text.num_hidden_layers, kv_heads, head_dim, d_model, start=start)
     else:
         if "inputs_embeds" not in parameters or model.get_input_embeddings() is None:
             raise ValueError(f"{config.method} prepends to inputs_embeds, which {type(model).__name__} does not take.")

@@ -369,6 +369,98 @@ def test_text_init_without_tokenizer_raises():
         apply(tiny_llama(), PromptTuningConfig(P, init="text", init_text="classify"))
 
 
+def text_prefixed_and_reference(length, text="classify the intent"):
+    """A tiny LLaMA with a text-initialised prefix of `length` positions, and an untouched copy of the same model."""
+    tokenizer = word_tokenizer()
+    model, reference_model = tiny_llama(), tiny_llama()
+    handle = apply(model, PrefixTuningConfig(length, init="text", init_text=text), tokenizer=tokenizer)
+    return model, reference_model, handle
+
+
+@pytest.mark.parametrize("length, expected_ids", [(7, [1, 3, 4, 5, 1, 3, 4]), (2, [1, 3]), (4, [1, 3, 4, 5])])
+def test_prefix_text_init_equals_typing_the_text_in_front(length, expected_ids):
+    """Prefix init="text": the prefixed model on x is the base model on [text ids; x] (repeated/cut to P, BOS
+    included, like prompt tuning's text init), with padding masks — keys carry RoPE at positions 0..P-1."""
+    model, reference_model, _ = text_prefixed_and_reference(length)
+    ids, mask = batch()
+    ours = model(input_ids=ids, attention_mask=mask).logits
+    text = torch.tensor(expected_ids).expand(ids.shape[0], -1)
+    full_mask = torch.cat([torch.ones_like(text), mask], dim=1)
+    expected = reference_model(input_ids=torch.cat([text, ids], dim=1), attention_mask=full_mask).logits
+    real = mask.bool()  # the left-padded positions of row 2 are garbage in both runs
+    torch.testing.assert_close(ours[real], expected[:, length:][real], rtol=1e-5, atol=1e-5)
+    # The same holds for the first greedy tokens of generate (each step continues from the cache).
+    ours_generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    expected_generated = reference_model.generate(input_ids=torch.cat([text, ids], dim=1), attention_mask=full_mask,
+                                                  max_new_tokens=3, do_sample=False)
+    assert torch.equal(ours_generated[:, ids.shape[1]:], expected_generated[:, length + ids.shape[1]:])
+
+
+def test_prefix_text_init_is_not_the_random_init_and_not_positionless():
+    """Guard against a vacuous pass: the text prefix differs from a random prefix, and it is the *RoPE-rotated*
+    cache — prepending the text at other positions (a prefix of the keys before rotation) would give other logits."""
+    model, reference_model, handle = text_prefixed_and_reference(P)
+    ids, mask = batch()
+    ours = model(input_ids=ids, attention_mask=mask).logits
+    random_model = tiny_llama()
+    apply(random_model, PrefixTuningConfig(P))
+    assert (random_model(input_ids=ids, attention_mask=mask).logits - ours).abs().max() > 1e-3
+    # Layer 0 sees BOS at positions 0 and 4 of a 7-long prefix (ids [1, 3, 4, 5, 1, 3, 4]) identically, except
+    # for RoPE on the keys: equal values, different keys — the cache's positions are really in the prefix.
+    _, _, long_handle = text_prefixed_and_reference(7)
+    keys, values = long_handle.module.prefix_keys[0], long_handle.module.prefix_values[0]  # (H_kv, 7, hd)
+    torch.testing.assert_close(values[:, 0], values[:, 4])
+    assert (keys[:, 0] - keys[:, 4]).abs().max() > 1e-3
+
+
+def test_prefix_text_init_leaves_the_base_model_alone_and_trains():
+    tokenizer = word_tokenizer()
+    model = tiny_llama()
+    model.train()  # the text is run in eval mode, and the caller's mode restored
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    handle = apply(model, PrefixTuningConfig(P, init="text", init_text="classify the intent"), tokenizer=tokenizer)
+    assert model.training and all(m.training for m in model.modules())
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)  # no base weight changed
+    assert all(not after[n].requires_grad for n in before)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["minipeft_prompt.prefix_keys", "minipeft_prompt.prefix_values"]
+    assert handle.module.prefix_keys.dtype == torch.float32
+    ids, mask = batch()
+    start = handle.module.prefix_keys.detach().clone()
+    optimizer = torch.optim.Adam(handle.module.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        assert handle.module.prefix_keys.grad.abs().sum() > 0 and handle.module.prefix_values.grad.abs().sum() > 0
+        optimizer.step()
+        losses.append(loss.item())
+    assert not torch.equal(handle.module.prefix_keys, start)
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+
+
+def test_prefix_text_init_errors():
+    with pytest.raises(ValueError, match="needs init_text"):
+        PrefixTuningConfig(P, init="text")
+    with pytest.raises(ValueError, match="only used with init='text'"):
+        PrefixTuningConfig(P, init_text="classify")
+    with pytest.raises(ValueError, match="only defined without the projection"):
+        PrefixTuningConfig(P, prefix_projection=True, init="text", init_text="classify")
+    with pytest.raises(ValueError, match="'random' or 'text'.*'vocab'"):
+        PrefixTuningConfig(P, init="vocab")  # prompt tuning's third choice has no prefix counterpart
+    with pytest.raises(ValueError, match="needs the model's tokenizer"):
+        apply(tiny_llama(), PrefixTuningConfig(P, init="text", init_text="classify"))
+    model = tiny_bert()  # bidirectional: no cache of the text alone exists
+    with pytest.raises(ValueError, match="causal model"):
+        apply(model, PrefixTuningConfig(P, init="text", init_text="classify"), tokenizer=word_tokenizer())
+    assert not hasattr(model, "minipeft_prompt") and not model._forward_pre_hooks
+    assert PrefixTuningConfig(P, init="TEXT", init_text="x").init == "text"
+    assert PrefixTuningConfig(P).init == "random"
+
+
 def test_random_and_vocab_inits():
     model = tiny_llama()
     prompt = apply(model, PromptTuningConfig(50)).module.prompt_embeddings
