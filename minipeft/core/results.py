@@ -48,13 +48,18 @@ def record(
     wall_time_s: float,
     trainable_parameters: int | None = None,
     paper_claims: list[dict] | None = None,
+    headline: list[str] | None = None,
     directory: str | Path | None = None,
 ) -> Path:
     """Write ``notebooks/results/<chapter>.json`` and return its path.
 
     ``metrics`` maps a name to ``Metric(value, unit)`` or ``(value, unit)``; ``paper_claims`` is a list of
-    ``{"claim": ..., "source": ...}``; ``wall_time_s`` is the chapter's measured running time.
+    ``{"claim": ..., "source": ...}``; ``wall_time_s`` is the chapter's measured running time; ``headline`` names
+    the (up to three) metrics the README's chapter table shows (default: the first three).
     """
+    unknown = sorted(set(headline or []) - set(metrics))
+    if unknown:
+        raise ValueError(f"headline names {unknown}, which are not among the recorded metrics {sorted(metrics)}.")
     clean = {}
     for name, metric in metrics.items():
         metric = metric if isinstance(metric, Metric) else Metric(*metric)
@@ -65,6 +70,7 @@ def record(
         "metrics": clean,
         "trainable_parameters": trainable_parameters,
         "paper_claims": paper_claims or [],
+        "headline": list(headline or list(metrics)[:3]),
         "scale": scale,
         "seed": seed,
         "hardware": hardware_summary(),
@@ -87,7 +93,9 @@ def load_all(directory: str | Path | None = None) -> list[dict]:
 
 def _headline(record_: dict, limit: int = 3) -> str:
     parts = []
-    for name, metric in list(record_["metrics"].items())[:limit]:
+    names = record_.get("headline") or list(record_["metrics"])[:limit]
+    for name in names[:limit]:
+        metric = record_["metrics"][name]
         value = metric["value"]
         text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
         unit = "" if metric["unit"] in ("", "params") else (metric["unit"] if metric["unit"] == "%" else " " + metric["unit"])

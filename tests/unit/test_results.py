@@ -1,0 +1,35 @@
+"""minipeft.core.results: the per-chapter records and the README table generated from them."""
+
+import json
+
+import pytest
+
+from minipeft.core.results import chapter_table, load_all, record
+
+METRICS = {"loss before": (3.5, "nats"), "loss after": (0.2, "nats"), "trainable": (1234, "params"),
+           "accuracy": (91.25, "%")}
+
+
+def write(tmp_path, **kwargs):
+    return record("99_test", "A test chapter", METRICS, scale="ci", seed=0, wall_time_s=12.34,
+                  directory=tmp_path, **kwargs)
+
+
+def test_record_writes_every_metric_with_its_unit_and_the_run_facts(tmp_path):
+    saved = json.loads(write(tmp_path).read_text())
+    assert {name: (m["value"], m["unit"]) for name, m in saved["metrics"].items()} == METRICS
+    assert saved["scale"] == "ci" and saved["seed"] == 0 and saved["wall_time_s"] == 12.3
+    assert saved["headline"] == ["loss before", "loss after", "trainable"]  # default: the first three
+
+
+def test_the_table_shows_the_chosen_headline_in_its_order(tmp_path):
+    write(tmp_path, headline=["accuracy", "loss after"])
+    row = chapter_table(load_all(tmp_path)).splitlines()[-1]
+    assert "accuracy 91.2%; loss after 0.2 nats |" in row
+    assert "loss before" not in row and "`ci`" in row and "| 12 s |" in row
+
+
+def test_an_unknown_headline_name_raises_and_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="not among the recorded metrics"):
+        write(tmp_path, headline=["acuracy"])
+    assert not list(tmp_path.iterdir())
