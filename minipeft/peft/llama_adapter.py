@@ -796,7 +796,7 @@ def parameter_groups(handle: LlamaAdapterHandle, names: bool = False) -> dict[st
 def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: Sequence,
                 image_text_loss: Callable[[nn.Module, Any], torch.Tensor], language_data: Sequence,
                 language_loss: Callable[[nn.Module, Any], torch.Tensor], config: TrainConfig, *,
-                language_batch_size: int | None = None, disjoint: bool = True,
+                language_batch_size: int | None = None, language_lr: float | None = None, disjoint: bool = True,
                 collate: Callable[[list], Any] = default_collate) -> dict[str, History]:
     """V2's joint training (Sec. 4.2): every step trains on one image–text batch, then on one language-only batch.
 
@@ -805,7 +805,8 @@ def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: S
       is frozen (``requires_grad=False``), so autograd does not even compute the other group's gradient and neither
       kind of data can move the other's parameters — not through a gradient and not through an optimiser's momentum.
     * ``disjoint=False`` (the ablation, "single-stage"): one AdamW over every V2 tensor, and both batches update
-      everything. Same data, same order, same number of updates: only the split differs.
+      everything. Same data, same order, same number of updates, same learning rate per tensor: only the split
+      differs.
 
     Before every language batch the image is cleared (``handle.set_visual_features(None)``), so a text-only batch
     never reads the features the previous image–text batch left behind. ``image_text_loss`` must set the features of
@@ -819,6 +820,9 @@ def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: S
             ``lr``, ``weight_decay``, warm-up, schedule, ``grad_clip``, ``seed``, ``device`` and ``amp`` are used as
             :func:`~minipeft.core.train` uses them (no evaluation callback, no checkpoints).
         language_batch_size: batch size of the language stream (default: ``config.batch_size``).
+        language_lr: peak learning rate of the language group's tensors (default: ``config.lr``, which the
+            image–text group's tensors use). Biases, scales and norms act on every input, so they usually want a
+            smaller one than the prompts and the projection. It follows the same warm-up and decay.
         disjoint: the paper's disjoint groups (True) or one group for everything (False).
 
     Returns:
@@ -837,12 +841,19 @@ def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: S
     use_amp = (device.type == "cuda") if config.amp is None else config.amp
     groups = parameter_groups(handle)
     everything = groups["image_text"] + groups["language"]
-    trained = {"image_text": groups["image_text"], "language": groups["language"]} if disjoint else \
-        {"image_text": everything, "language": everything}
-    optimizers = {"image_text": torch.optim.AdamW(trained["image_text"], lr=config.lr,
-                                                  weight_decay=config.weight_decay)}
-    optimizers["language"] = torch.optim.AdamW(trained["language"], lr=config.lr, weight_decay=config.weight_decay) \
-        if disjoint else optimizers["image_text"]  # single-stage: one optimiser, one set of moments
+    lrs = {"image_text": config.lr, "language": config.lr if language_lr is None else language_lr}
+    if disjoint:  # one optimiser per group: a batch can only ever step its own group
+        trained = {"image_text": groups["image_text"], "language": groups["language"]}
+        optimizers = {stream: torch.optim.AdamW([{"params": trained[stream], "lr": lrs[stream]}],
+                                                weight_decay=config.weight_decay) for stream in trained}
+    else:  # single-stage: one optimiser (one set of moments) over everything, each tensor at its group's rate
+        trained = {"image_text": everything, "language": everything}
+        shared = torch.optim.AdamW([{"params": groups[stream], "lr": lrs[stream]} for stream in lrs],
+                                   weight_decay=config.weight_decay)
+        optimizers = {"image_text": shared, "language": shared}
+    for optimizer in optimizers.values():
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]  # the peak rate; the schedule scales it
     streams = {"image_text": (image_text_data, image_text_loss, config.batch_size, config.seed),
                "language": (language_data, language_loss, language_batch_size or config.batch_size,
                             config.seed + 1)}  # another seed: the two streams are shuffled independently
@@ -863,7 +874,7 @@ def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: S
                     handle.set_visual_features(None)
                 optimizer = optimizers[stream]
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * factor
+                    group["lr"] = group["initial_lr"] * factor
                 indices = batch_indices(len(data), batch_size, seed, step)
                 batch = move_to(collate([data[int(i)] for i in indices]), device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -879,7 +890,7 @@ def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: S
                 optimizer.zero_grad(set_to_none=True)  # no stale gradient may reach the other stream's step
                 histories[stream].steps.append(step + 1)
                 histories[stream].loss.append(float(loss.detach()))
-                histories[stream].lr.append(config.lr * factor)
+                histories[stream].lr.append(lrs[stream] * factor)
     finally:
         for parameter in everything:  # every V2 tensor trainable again, as apply() left them
             parameter.requires_grad_(True)

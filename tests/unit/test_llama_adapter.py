@@ -644,6 +644,34 @@ def test_single_stage_ablation_updates_everything_from_both_kinds_of_batch():
     assert after_language == everything - set(parameter_groups(handle, names=True)["image_text"])
 
 
+@pytest.mark.parametrize("disjoint", [True, False])
+def test_language_lr_sets_the_language_groups_rate_in_both_modes(disjoint):
+    """language_lr=0 freezes the language group — even in the single-stage ablation, where the image-text batches
+    give it a gradient too — while the image-text group still trains at config.lr."""
+    model = tiny_llama()
+    handle = apply(model, v2_config())
+    randomise(handle)
+    groups = parameter_groups(handle, names=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cache = image_features(batch=3)
+    image_text, language = joint_data()
+
+    def image_text_loss(model, batch):
+        handle.set_visual_features(cache[batch["image"]])
+        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    def language_loss(model, batch):
+        return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    config = TrainConfig(steps=2, batch_size=2, lr=0.05, schedule="constant", seed=0, device="cpu", progress=False)
+    histories = joint_train(model, handle, image_text, image_text_loss, language, language_loss, config,
+                            language_lr=0.0, disjoint=disjoint)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in groups["language"])
+    assert all(not torch.equal(after[n], before[n]) for n in groups["image_text"])
+    assert histories["language"].lr == [0.0, 0.0] and histories["image_text"].lr == [0.05, 0.05]
+
+
 def test_joint_training_lowers_both_losses_and_is_reproducible():
     def run():
         torch.manual_seed(0)
