@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -24,9 +27,10 @@
 # This chapter opens Part III, where a frozen image encoder meets a frozen language model. We (1) teach
 # SmolLM2-135M-Instruct the robot persona of chapter 3 with v1, in the cheap way v1 allows; (2) connect
 # EfficientNet-Lite0 to SmolLM2 with V2 and train it to answer questions about easy-VQA images; (3) compare the
-# paper's *early* fusion with the released code's *added* fusion, and training disjoint parameter groups with
-# training everything; (4) plug in a captioning "expert" at inference, without training; and (5) reproduce the papers'
-# parameter counts on the meta device.
+# paper's *early* fusion with the released code's *added* fusion, training V2 jointly on the images and the persona
+# instructions, with disjoint parameter groups and with one group for everything; (4) plug in two "experts" at
+# inference — a caption and a pixel reader — without training; and (5) reproduce the papers' parameter counts on the
+# meta device.
 #
 # **Learning goals.** (a) Write zero-init gated attention and say why the adapted model starts exactly as the base
 # model; (b) explain why v1 in the top $L$ layers is cheap to train; (c) list what V2 adds and count it;
@@ -37,11 +41,15 @@
 import time
 from dataclasses import dataclass
 
+import torch
+
 import minipeft
+from minipeft.core import default_device
 
 CHAPTER_START = time.perf_counter()
 SCALE = minipeft.scale()  # "ci" on a CPU (a few minutes), "full" on a GPU
 SEED = 0
+DEVICE = default_device() if SCALE == "full" else torch.device("cpu")  # ci: the CPU, even where a GPU is
 
 
 @dataclass
@@ -54,25 +62,29 @@ class Sizes:
     persona_questions: int  # held-out fact questions asked before/after (plus 4 open questions)
     train_images: int  # easy-VQA images whose features are computed once and cached
     test_images: int
-    train_per_kind: int  # training questions per kind (colour, shape, yes/no)
+    question_kinds: tuple  # which of colour / shape / yes/no questions to train and test on
+    train_per_kind: int  # training questions per kind
     test_per_kind: int
     image_size: int  # EfficientNet input size (the 64-px images are upsampled)
     vqa_layers: int  # L of V2 (the static prompts; with fusion="add" also the layers that read the image)
-    vqa_steps: int  # steps of each V2 run
-    single_stage_steps: int  # steps of the single-stage ablation (shorter at ci: its damage shows early)
+    vqa_steps: int  # steps of each V2 run (each step: one VQA batch and one persona batch)
     vqa_batch: int
-    vqa_lr: float
+    language_batch: int  # persona (language-only) batch of V2's joint training
+    vqa_lr: float  # learning rate of the image-text group (projection, prompts, gates)
+    language_lr: float  # learning rate of the language group (biases, scales, norms; prompts with early fusion)
 
 
 SIZES = {
     "ci": Sizes(v1_layers=20, v1_len=10, v1_steps=20, v1_batch=8, v1_lr=2e-2, persona_questions=6,
-                train_images=200, test_images=100, train_per_kind=200, test_per_kind=50, image_size=96,
-                vqa_layers=8, vqa_steps=20, single_stage_steps=10, vqa_batch=16, vqa_lr=2e-2),
+                train_images=200, test_images=100, question_kinds=("colour", "shape"), train_per_kind=200,
+                test_per_kind=30, image_size=96, vqa_layers=8, vqa_steps=16, vqa_batch=12, language_batch=3,
+                vqa_lr=2e-2, language_lr=5e-3),
     "full": Sizes(v1_layers=30, v1_len=10, v1_steps=150, v1_batch=16, v1_lr=5e-3, persona_questions=31,
-                  train_images=4000, test_images=1000, train_per_kind=4000, test_per_kind=400, image_size=224,
-                  vqa_layers=8, vqa_steps=800, single_stage_steps=800, vqa_batch=32, vqa_lr=3e-3),
+                  train_images=4000, test_images=1000, question_kinds=("colour", "shape", "yes/no"),
+                  train_per_kind=4000, test_per_kind=400, image_size=224, vqa_layers=8, vqa_steps=800, vqa_batch=32,
+                  language_batch=16, vqa_lr=3e-3, language_lr=1e-3),
 }[SCALE]
-print(f"scale={SCALE}  seed={SEED}  {SIZES}")
+print(f"scale={SCALE}  seed={SEED}  device={DEVICE}  {SIZES}")
 
 # %% [markdown]
 # ## 10.1 The idea: a prompt read through a gate that starts closed
@@ -199,18 +211,19 @@ for name, counts in (("LLaMA-65B", v2_65b), ("LLaMA-7B", v2_7b)):
 import torch
 import torch.nn.functional as F
 
-from minipeft.core import Stopwatch, count_parameters
+from minipeft.core import Stopwatch, count_parameters, move_to
 from minipeft.models import generate_answers, load_smollm2, tokenize_chat_pairs
 
 torch.manual_seed(SEED)
 llm, tokenizer = load_smollm2()
+llm.to(DEVICE)
 SYSTEM = "Be brief."  # a short system prompt: fewer tokens per example than SmolLM2's default one
 check_batch = tokenizer(["What is the capital of France?", "The town sits at the edge of a wide river."],
-                        return_tensors="pt", padding=True)
+                        return_tensors="pt", padding=True).to(DEVICE)
 with torch.no_grad():
     base_logits = llm(**check_batch).logits
 N, C, H = llm.config.num_hidden_layers, llm.config.hidden_size, llm.config.num_attention_heads
-fake_image = torch.randn(2, 1280)  # any features: at init the gate is closed, so they must not matter
+fake_image = torch.randn(2, 1280, device=DEVICE)  # any features: at init the gate is closed, so they must not matter
 variants = {
     "v1": llama_adapter.LlamaAdapterConfig(adapter_len=SIZES.v1_len, adapter_layers=SIZES.v1_layers),
     "V2 early": llama_adapter.LlamaAdapterV2Config(adapter_len=10, adapter_layers=SIZES.vqa_layers, visual_dim=1280,
@@ -283,9 +296,9 @@ test_pairs = make_instructions("test", seed=SEED)[: SIZES.persona_questions]
 questions = [p.question for p in test_pairs] + OPEN_QUESTIONS[:4]
 persona_examples = tokenize_chat_pairs(tokenizer, [(p.question, p.answer) for p in train_pairs], max_length=64,
                                        system=SYSTEM)
-heldout_batch = default_collate(tokenize_chat_pairs(tokenizer, [(p.question, p.answer) for p in
-                                                                make_instructions("test", seed=SEED)],
-                                                    max_length=64, system=SYSTEM))
+heldout_pairs = [(p.question, p.answer) for p in make_instructions("test", seed=SEED)]
+heldout_batch = move_to(default_collate(tokenize_chat_pairs(tokenizer, heldout_pairs, max_length=64, system=SYSTEM)),
+                        DEVICE)
 
 
 def answer_loss(model, batch):
@@ -298,11 +311,11 @@ def answer_loss(model, batch):
     return F.cross_entropy(model.lm_head(hidden[:, :-1][keep]).float(), targets[keep])  # (n_answer, V) logits
 
 
-timing_batch = default_collate(persona_examples[: SIZES.v1_batch])
+timing_batch = move_to(default_collate(persona_examples[:4]), DEVICE)  # 4 examples: enough to see the trend
 step_times = {}
 for layers in (5, 15, 30):
     handle = llama_adapter.apply(llm, llama_adapter.LlamaAdapterConfig(adapter_len=SIZES.v1_len, adapter_layers=layers))
-    with torch.autocast("cpu", dtype=torch.bfloat16), Stopwatch() as forward:
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16), Stopwatch() as forward:
         loss = answer_loss(llm, timing_batch)
     with Stopwatch() as backward:
         loss.backward()
@@ -333,7 +346,7 @@ from minipeft.core import TrainConfig, train
 
 v1_handle = llama_adapter.apply(llm, variants["v1"])
 v1_config = TrainConfig(steps=SIZES.v1_steps, batch_size=SIZES.v1_batch, lr=SIZES.v1_lr, warmup_steps=2, seed=SEED,
-                        device="cpu", amp=True)
+                        device=DEVICE, amp=True)
 v1_history = train(llm, persona_examples, answer_loss, v1_config)
 v1_trainable = count_parameters(llm, trainable_only=True)
 print(f"loss {v1_history.loss[0]:.3f} → {v1_history.loss[-1]:.3f} in {v1_history.wall_time:.0f} s "
@@ -358,7 +371,7 @@ fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
 axes[0].plot(v1_history.steps, v1_history.loss, "o-", ms=3)
 axes[0].set(xlabel="step", ylabel="cross-entropy on answer tokens (nats)", yscale="log",
             title=f"LLaMA-Adapter v1 (K={SIZES.v1_len}, top L={SIZES.v1_layers}) on SmolLM2: persona")
-axes[1].bar(range(N - SIZES.v1_layers, N), gates.numpy())
+axes[1].bar(range(N - SIZES.v1_layers, N), gates.cpu().numpy())
 axes[1].set(xlabel="layer", ylabel="mean |tanh(g)| over heads", xlim=(-0.5, N - 0.5),
             title="How far each layer's gate opened (0 at init)")
 plt.tight_layout()
@@ -382,7 +395,10 @@ assert persona_before == 0 and persona_after >= 4, (persona_before, persona_afte
 #
 # easy-VQA {cite}`zhou2020easyvqa` has 64×64 images of one coloured shape and questions of three kinds: the colour
 # (8 answers), the shape (3), and yes/no questions ("is there a red shape?", "is no triangle present?"). Yes/no
-# questions are 70 % of the data, so we sample the same number of each kind.
+# questions are 70 % of the data, so we sample the same number of each kind. At `ci` scale we leave the yes/no
+# questions out: answering one means comparing the colour or shape *named in the question* with the image's, and no
+# run learned that within a CPU budget in our trials (the blind prior, which exploits how unevenly each question
+# text's answers are spread, beat every model there). The `full` scale keeps all three kinds.
 #
 # **The encoder is frozen, so its features are computed once.** EfficientNet-Lite0 was trained at 224 px, but our
 # images are 64 px: upsampling them to 224 px multiplies the encoder's work by $(224/64)^2 \approx 12$ and adds no
@@ -394,6 +410,7 @@ assert persona_before == 0 and persona_after >= 4, (persona_before, persona_afte
 import random
 
 from minipeft.datasets import COLORS, SHAPES, load_shapes
+from minipeft.multimodal.experts import with_context
 from minipeft.models import load_efficientnet_lite0
 
 image_encoder, preprocess = load_efficientnet_lite0()
@@ -429,26 +446,16 @@ print(f"cached {len(train_shapes.images) + len(test_shapes.images)} images at {S
 # regression on the pooled vector, trained in a fraction of a second) tells us how well each input size does:
 
 # %%
-def linear_probe(features, labels, classes, steps=200):
-    """Logistic regression on standardised pooled features (full batch, Adam): returns a predict function."""
-    mean, std = features.mean(0), features.std(0) + 1e-6
-    weight = torch.zeros(features.shape[1], classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
-    for _ in range(steps):
-        loss = F.cross_entropy((features - mean) / std @ weight + bias, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return lambda x: ((x - mean) / std @ weight + bias).argmax(1)
+from minipeft.multimodal.experts import ProbeCaptioner
 
 
 def probe_accuracy(train_pooled, test_pooled):
-    torch.manual_seed(SEED)
-    colour = linear_probe(train_pooled, train_shapes.color, len(COLORS))(test_pooled)
-    shape = linear_probe(train_pooled, train_shapes.shape, len(SHAPES))(test_pooled)
-    return {"colour": (colour == test_shapes.color).float().mean().item(),
-            "shape": (shape == test_shapes.shape).float().mean().item()}
+    """Accuracy of a linear probe (logistic regression on standardised features) per attribute."""
+    probe = ProbeCaptioner.fit(train_pooled, {"colour": train_shapes.color, "shape": train_shapes.shape},
+                               {"colour": COLORS, "shape": SHAPES})
+    predicted = probe.predict(test_pooled)
+    return {"colour": (predicted["colour"] == test_shapes.color).float().mean().item(),
+            "shape": (predicted["shape"] == test_shapes.shape).float().mean().item()}
 
 
 probes = {64: probe_accuracy(image_features(train_shapes.images, 64)["pooled"],
@@ -480,8 +487,10 @@ from collections import Counter, defaultdict
 
 KINDS = {"colour": COLORS, "shape": SHAPES, "yes/no": ["yes", "no"]}
 ANSWERS = [answer for kind in KINDS.values() for answer in kind]
-ANSWER_TOKENS = torch.tensor([tokenizer(" " + a, add_special_tokens=False)["input_ids"][0] for a in ANSWERS])
-KIND_MASK = torch.tensor([[answer in kind for answer in ANSWERS] for kind in KINDS.values()])  # (3 kinds, 13)
+ANSWER_TOKENS = torch.tensor([tokenizer(" " + a, add_special_tokens=False)["input_ids"][0] for a in ANSWERS],
+                             device=DEVICE)
+KIND_MASK = torch.tensor([[answer in kind for answer in ANSWERS] for kind in KINDS.values()],
+                         device=DEVICE)  # (3 kinds, 13)
 
 
 def kind_of(answer):
@@ -494,13 +503,15 @@ def sample_questions(shapes, per_kind, seed):
     for triple in shapes.questions:
         by_kind[kind_of(triple[1])].append(triple)
     rng = random.Random(seed)
-    chosen = [t for kind in KINDS for t in rng.sample(by_kind[kind], min(per_kind, len(by_kind[kind])))]
+    chosen = [triple for kind in SIZES.question_kinds
+              for triple in rng.sample(by_kind[kind], min(per_kind, len(by_kind[kind])))]
     rng.shuffle(chosen)
     return chosen
 
 
-def vqa_prompt(question, caption=None):
-    return (f"The image shows {caption}.\n" if caption else "") + f"Question: {question}\nAnswer:"
+def vqa_prompt(question, context=None):
+    """The question as the model reads it; an expert's text, if any, goes in front (§10.8)."""
+    return with_context(f"Question: {question}\nAnswer:", context)
 
 
 def encode_vqa(triples, captions=None, max_length=32):
@@ -558,28 +569,35 @@ for question, answer, image in test_triples[:4]:
 print("blind baseline (the best answer for each question text):", {k: round(v, 3) for k, v in blind.items()})
 
 # %% [markdown]
-# ## 10.7 Train V2: two fusions, and disjoint groups versus everything
+# ## 10.7 Train V2 jointly: two fusions, and disjoint groups versus everything
 #
-# Three runs with the same data, steps, batch and learning rate, each on a fresh V2 (the previous one undone):
+# V2 trains on two kinds of data at once: image–text pairs (here, the VQA questions with their images) and
+# language-only instructions (here, the robot-persona pairs v1 learned in §10.5). `llama_adapter.joint_train` takes
+# one batch of each kind per step. With disjoint groups (the paper), the image–text batch updates only the image–text
+# group and the language batch only the language group, each with its own optimiser; with `disjoint=False` (the
+# ablation, "single-stage") one optimiser trains every V2 tensor on both kinds of batch. Everything else — data,
+# order, steps, learning rate — is the same:
+
+# %%
+show_source(llama_adapter.joint_train)
+
+# %% [markdown]
+# Three runs, each on a fresh V2 (the previous one undone):
 #
-# | run | fusion | what the image–text (VQA) data trains |
-# |---|---|---|
-# | **early, disjoint** | the paper: visual tokens read by the bottom layer only | the image–text group only: projection + bottom-layer gates |
-# | **add, disjoint** | the released code: visual tokens added to the top $L$ layers' prompts | the image–text group only: projection + every prompt and gate |
-# | **add, single-stage** | as above | *every* V2 parameter: the image–text group **and** the language group (norms, biases, scales) |
+# | run | fusion | the VQA batches train | the persona batches train |
+# |---|---|---|---|
+# | **early, joint** | the paper: visual tokens read by the bottom layer only | projection + bottom-layer gates | top prompts and gates, biases, scales, norms |
+# | **add, joint** | the released code: visual tokens added to the top $L$ layers' prompts | projection + every prompt and gate | biases, scales, norms |
+# | **add, single-stage** | as above | everything | everything |
 #
-# At `ci` scale the single-stage run is shorter (`SIZES.single_stage_steps`): what it does to the text-only model shows
-# within a few steps, and each of its steps costs more (the biases of every layer need a gradient).
-#
-# Training only one group means freezing the other (`requires_grad_(False)`), so the optimiser never sees it. The
-# features of each batch are looked up in the cache and given to the model with `handle.set_visual_features`.
-# After each run we measure VQA accuracy and what the run did to the **text-only** model: the change of the logits
-# on a text batch and the loss on a paragraph of ordinary English.
+# After each run we measure the two skills on their own test sets: VQA accuracy (with the image) and the persona
+# (text only: the loss on the held-out persona answers and how many of the questions of §10.5 are answered in
+# persona), plus the loss on a paragraph of ordinary English — what the training did to the language model itself.
 
 # %%
 PARAGRAPH = ("The town sits at the edge of a wide river. Every morning, fishermen push their boats into the water "
              "and the market fills with the smell of bread. Children walk to school along the old stone bridge.")
-paragraph_ids = tokenizer(PARAGRAPH, return_tensors="pt")["input_ids"]
+paragraph_ids = tokenizer(PARAGRAPH, return_tensors="pt")["input_ids"].to(DEVICE)
 
 
 def paragraph_loss(model):
@@ -588,15 +606,15 @@ def paragraph_loss(model):
 
 
 def rows(features, index):
-    return {key: value[index] for key, value in features.items()}
+    return {key: value[index.cpu()].to(DEVICE) for key, value in features.items()}
 
 
 def predict_vqa(model, handle, examples, features, batch_size=50):
     """The predicted answer of each example (with its image, when the model has a visual path)."""
     predictions = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         for start in range(0, len(examples), batch_size):
-            batch = default_collate(examples[start:start + batch_size])
+            batch = move_to(default_collate(examples[start:start + batch_size]), DEVICE)
             if handle is not None:
                 handle.set_visual_features(rows(features, batch["image"]))
             predictions += [ANSWERS[i] for i in candidate_logits(model, batch).argmax(-1).tolist()]
@@ -610,169 +628,203 @@ base_predictions = predict_vqa(llm, None, test_vqa, None)
 base_vqa = accuracy_by_kind(base_predictions, test_triples)
 print("frozen SmolLM2, no image:", {k: round(v, 3) for k, v in base_vqa.items()})
 
-RUNS = {"early, disjoint": ("early", "image_text"), "add, disjoint": ("add", "image_text"),
-        "add, single-stage": ("add", "all")}
+# %%
+RUNS = {"early, joint": ("early", True), "add, joint": ("add", True), "add, single-stage": ("add", False)}
 vqa_runs = {}
-for run_name, (fusion, trained) in RUNS.items():
+for run_name, (fusion, disjoint) in RUNS.items():
     torch.manual_seed(SEED)  # the same initial prompts and projection, whatever ran before
     handle = llama_adapter.apply(llm, variants[f"V2 {fusion}"])
-    groups = llama_adapter.parameter_groups(handle)
-    if trained == "image_text":
-        for parameter in groups["language"]:
-            parameter.requires_grad_(False)
+    groups = {name: sum(p.numel() for p in group) for name, group in llama_adapter.parameter_groups(handle).items()}
 
     def vqa_loss(model, batch, handle=handle):
         handle.set_visual_features(rows(train_features, batch["image"]))
         return F.cross_entropy(candidate_logits(model, batch), batch["answer"])
 
-    steps = SIZES.vqa_steps if trained == "image_text" else SIZES.single_stage_steps
-    config = TrainConfig(steps=steps, batch_size=SIZES.vqa_batch, lr=SIZES.vqa_lr, warmup_steps=2,
-                         seed=SEED, device="cpu", amp=True, progress=False)
-    history = train(llm, train_vqa, vqa_loss, config)
-    handle.set_visual_features(None)
+    config = TrainConfig(steps=SIZES.vqa_steps, batch_size=SIZES.vqa_batch, lr=SIZES.vqa_lr, warmup_steps=2,
+                         seed=SEED, device=DEVICE, amp=True, progress=False)
+    histories = llama_adapter.joint_train(llm, handle, train_vqa, vqa_loss, persona_examples, answer_loss, config,
+                                          language_batch_size=SIZES.language_batch, language_lr=SIZES.language_lr,
+                                          disjoint=disjoint)
     llm.eval()
-    with torch.no_grad():
-        text_change = (llm(**check_batch).logits - base_logits).abs().max().item()
-    predictions = predict_vqa(llm, handle, test_vqa, test_features)
-    vqa_runs[run_name] = {"history": history, "steps": steps, "trainable": count_parameters(llm, trainable_only=True),
-                          "accuracy": accuracy_by_kind(predictions, test_triples), "predictions": predictions,
-                          "text_change": text_change, "paragraph": paragraph_loss(llm)}
-    run = vqa_runs[run_name]
-    print(f"{run_name:17}: {run['trainable']:>9,} trained | loss {history.loss[0]:.2f} → "
-          f"{sum(history.loss[-5:]) / 5:.2f} (mean of last 5) | {steps} steps, {history.wall_time / steps:.2f} s/step | "
-          f"accuracy {({k: round(v, 2) for k, v in run['accuracy'].items()})}")
-    if run_name == "add, disjoint":
+    if run_name == "add, joint":
         kept_state = {key: value.clone() for key, value in handle.state_dict().items()}  # for §10.8
-    handle.undo()
+    with Stopwatch() as evaluation:
+        predictions = predict_vqa(llm, handle, test_vqa, test_features)
+        with torch.no_grad():
+            persona_loss = answer_loss(llm, heldout_batch).item()
+    vqa_runs[run_name] = {"histories": histories, "groups": groups, "predictions": predictions,
+                          "accuracy": accuracy_by_kind(predictions, test_triples), "persona_loss": persona_loss,
+                          "paragraph": paragraph_loss(llm)}
+    run = vqa_runs[run_name]
+    print(f"  evaluation {evaluation.seconds:.1f} s")
+    print(f"{run_name:17}: groups {groups} | VQA loss {histories['image_text'].loss[0]:.2f} → "
+          f"{sum(histories['image_text'].loss[-5:]) / 5:.2f}, persona loss {histories['language'].loss[0]:.2f} → "
+          f"{sum(histories['language'].loss[-5:]) / 5:.2f} (means of the last 5) | "
+          f"{histories['image_text'].wall_time / SIZES.vqa_steps:.2f} s/step")
+    handle.undo()  # also takes the merged biases and scales out: the frozen SmolLM2 again
 
 # %% [markdown]
-# The results side by side (accuracy on the balanced test questions; the text-only columns say what the VQA
-# training did to the model *without* an image):
+# The results side by side (VQA accuracy on the balanced test questions; the persona columns are text only):
 
 # %%
-print(f"{'model':22} {'trained':>9} {'steps':>5} {'colour':>7} {'shape':>6} {'yes/no':>7} {'all':>6} "
-      f"{'max|Δlogits| text':>18} {'paragraph loss':>15}")
+COLUMNS = list(SIZES.question_kinds) + ["all"]
+
+
 def accuracy_cells(a):
-    return f"{a['colour']:>7.2f} {a['shape']:>6.2f} {a['yes/no']:>7.2f} {a['all']:>6.2f}"
+    return " ".join(f"{a[kind]:>7.2f}" for kind in COLUMNS)
 
 
-print(f"{'blind (question prior)':22} {0:>9,} {0:>5} {accuracy_cells(blind)}")
-print(f"{'frozen SmolLM2':22} {0:>9,} {0:>5} {accuracy_cells(base_vqa)} {0:>18.4f} {base_paragraph:>15.3f}")
+print(f"{'model':24} {' '.join(f'{kind:>7}' for kind in COLUMNS)} {'persona loss':>13} {'paragraph loss':>15}")
+print(f"{'blind (question prior)':24} {accuracy_cells(blind)}")
+print(f"{'frozen SmolLM2':24} {accuracy_cells(base_vqa)} {heldout_before:>13.3f} {base_paragraph:>15.3f}")
 for run_name, run in vqa_runs.items():
-    print(f"{'V2 ' + run_name:22} {run['trainable']:>9,} {run['steps']:>5} {accuracy_cells(run['accuracy'])} "
-          f"{run['text_change']:>18.4f} {run['paragraph']:>15.3f}")
+    print(f"{'V2 ' + run_name:24} {accuracy_cells(run['accuracy'])} {run['persona_loss']:>13.3f} "
+          f"{run['paragraph']:>15.3f}")
 
-fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+fig, axes = plt.subplots(1, 3, figsize=(17, 4))
 for run_name, run in vqa_runs.items():
-    smoothed = run["history"].smoothed_loss(5)
-    axes[0].plot(run["history"].steps[len(run["history"].steps) - len(smoothed):], smoothed, label=run_name)
-axes[0].set(xlabel="step", ylabel="candidate cross-entropy (nats, 5-step mean)",
-            title="V2 on easy-VQA: training loss")
+    for ax, stream in zip(axes[:2], ("image_text", "language")):
+        smoothed = run["histories"][stream].smoothed_loss(5)
+        ax.plot(range(5, 5 + len(smoothed)), smoothed, label=run_name)
+axes[0].set(xlabel="step", ylabel="candidate cross-entropy (nats, 5-step mean)", title="VQA batches")
+axes[1].set(xlabel="step", ylabel="answer cross-entropy (nats, 5-step mean)", title="persona batches (text only)")
 axes[0].legend()
 names = ["blind", "frozen"] + list(vqa_runs)
-for offset, kind in enumerate(KINDS):
+width = 0.8 / len(SIZES.question_kinds)
+for offset, kind in enumerate(SIZES.question_kinds):
     values = [blind[kind], base_vqa[kind]] + [run["accuracy"][kind] for run in vqa_runs.values()]
-    axes[1].bar([i + 0.27 * (offset - 1) for i in range(len(names))], values, width=0.27, label=kind)
-axes[1].set_xticks(range(len(names)), names, rotation=15)
-axes[1].set(ylabel="test accuracy", ylim=(0, 1.05), title="Accuracy by question kind")
-axes[1].legend()
+    axes[2].bar([i + width * (offset - (len(SIZES.question_kinds) - 1) / 2) for i in range(len(names))], values,
+                width=width, label=kind)
+axes[2].set_xticks(range(len(names)), names, rotation=15)
+axes[2].set(ylabel="test accuracy", ylim=(0, 1.05), title="VQA accuracy by question kind")
+axes[2].legend()
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **What the table says (this run).** The *added* fusion learns to read the image within 20 steps: shape perfectly,
-# colour well above the blind prior. The paper's *early* fusion, with the same budget, picked up some of the shape
-# and none of the colour: a signal injected at the bottom layer must pass through 29 frozen layers and arrive in
-# a form they already know how to turn into " red", whereas a prompt in the top layers sits a few layers from the
-# output. (How much shape it picks up varies with the seed: 0.5–0.7 in our runs.) The paper trains early fusion on
-# 567 K image–caption pairs; we give it 320 questions. No run learned the
-# yes/no questions in 20 steps (they need the question's colour or shape *compared* with the image's); the blind
-# prior wins there by exploiting how unevenly each question template's answers are distributed.
+# **What the table says (our recorded run; the printed numbers are this run's).**
 #
-# Early fusion's reward is in the last two columns: with disjoint groups, the visual path is silent when there is no
-# image, so the text-only model is **bit-for-bit** the base model (`max|Δlogits| = 0`) — image training cannot
-# interfere with instruction following. The added fusion trains the static prompts, which act on every input, so
-# the text-only model changes (a little, on the paragraph). Training *everything* on VQA (single-stage) moves the
-# language group too, and within 10 steps the language model is wrecked: the loss on ordinary English rises by
-# several nats — it has been turned into a one-word answering machine. That is the interference V2's disjoint
-# groups and early fusion are designed to avoid. (Its VQA accuracy comes from half the steps of the other runs, so
-# do not compare that column.) The checks:
+# * **Both skills, one model.** Every run learned the persona from the text-only batches: the held-out persona loss
+#   fell from 3.66 to 0.18–0.25 nats, as v1 alone did in §10.5, while the VQA batches trained the visual path.
+#   Biases, scales and norms at a learning rate of 5e-3 cost the ordinary paragraph 0.5–1.1 nats
+#   (3.35 → 3.81–4.41): a persona learned in 16 steps is not free.
+# * **Fusion.** The released code's *added* fusion read the image within 16 steps: every shape right, and colour
+#   well above the blind prior (0.47 against 0.20). The paper's *early* fusion learned nothing about the image in the
+#   same budget — chance on both kinds. Its visual tokens must pass through 29 frozen layers and arrive in a form the
+#   top layers already turn into " red"; a prompt in the top layers sits a few layers from the output. The paper
+#   trains early fusion on 567 K image–caption pairs; we give it 192 questions. (In our trials neither a larger
+#   learning rate nor matching the visual tokens' scale to layer 0's input, §10.10, changed that at this budget.)
+# * **Disjoint groups versus one group.** With one optimiser for everything, the single-stage run came out behind
+#   on every measure here — colour 0.30 against 0.47, persona loss 0.25 against 0.20, paragraph loss 4.41 against
+#   3.81 — and each of its steps cost about 30 % more, because both kinds of batch now need gradients for every
+#   tensor. The mechanism is the one V2 names, interference: Adam makes every update about the learning rate in
+#   size whatever the gradient's size, so in the single-stage run the VQA batches take full-sized steps on the
+#   biases and norms the persona depends on, and the persona batches on the visual prompts. One seed and 30 colour
+#   questions make 0.17 five questions; in our trials with larger learning rates for the language group (1e-2,
+#   2e-2) the single-stage run fell further behind (shape 0.70 against 0.97 at 1e-2, a persona loss of 1.8 against
+#   0.5 at 2e-2). Exercise 3 asks you to measure the spread over seeds.
+#
+# The checks (margins in this run: shape +0.63, all +0.45, persona loss at least 3.4 nats below the base's):
 
 # %%
 early, added, single = (vqa_runs[name] for name in RUNS)
-assert early["text_change"] == 0.0, early["text_change"]  # exact: the image path is off without an image
-assert added["text_change"] > 0 and single["text_change"] > 0
-assert added["accuracy"]["colour"] >= blind["colour"] + 0.1, (added["accuracy"], blind)  # uses the image
-assert added["accuracy"]["shape"] >= blind["shape"] + 0.3, (added["accuracy"], blind)
-assert added["accuracy"]["all"] >= early["accuracy"]["all"] + 0.1, (added["accuracy"], early["accuracy"])
-assert single["paragraph"] > base_paragraph + 2.0 > added["paragraph"], (base_paragraph, added, single)
+assert added["accuracy"]["shape"] >= blind["shape"] + 0.4, (added["accuracy"], blind)  # it uses the image
+assert added["accuracy"]["all"] >= blind["all"] + 0.2, (added["accuracy"], blind)
+assert all(run["persona_loss"] < heldout_before - 2.0 for run in vqa_runs.values()), heldout_before
 
 # %% [markdown]
-# ## 10.8 An expert at inference: a caption in the prompt, no training
+# ## 10.8 Experts at inference: a caption and a pixel reader in the prompt, no training
 #
-# V2 adds captioning or OCR "experts" at inference: their text goes into the prompt, and nothing is retrained. Our
-# expert is a **linear probe on the cached EfficientNet features**, trained in a second to name the colour and the
-# shape; its caption ("a red circle") is written in front of the question:
-# `"The image shows a red circle.\nQuestion: …\nAnswer:"`.
+# V2 calls "expert" systems at inference — captioning, OCR, detection — and writes their text into the prompt;
+# nothing is retrained. We build two experts for our images (`minipeft/multimodal/experts.py`):
+#
+# * a **captioning expert** from the book's own small model: `ProbeCaptioner`, one linear probe per attribute on
+#   the cached EfficientNet features (the probe of §10.6), trained in a second, which writes "a red circle";
+# * an **OCR-like expert**: `PixelReader`, a deterministic tool that *reads* the pixels as OCR reads characters —
+#   the background from the corners, the shape's colour as the nearest palette colour (the palette is measured
+#   once on training images), the shape from how much of its bounding box it fills (a rectangle 1, a circle
+#   $\pi/4$, a triangle $\tfrac12$):
 
 # %%
-with Stopwatch() as probe_time:
-    torch.manual_seed(SEED)
-    colour_probe = linear_probe(train_features["pooled"], train_shapes.color, len(COLORS))
-    shape_probe = linear_probe(train_features["pooled"], train_shapes.shape, len(SHAPES))
-    with torch.no_grad():
-        colour_guess = colour_probe(test_features["pooled"])
-        shape_guess = shape_probe(test_features["pooled"])
-captions = [f"a {COLORS[c]} {SHAPES[s]}" for c, s in zip(colour_guess.tolist(), shape_guess.tolist())]
-expert_accuracy = {"colour": (colour_guess == test_shapes.color).float().mean().item(),
-                   "shape": (shape_guess == test_shapes.shape).float().mean().item()}
-print(f"expert trained in {probe_time.seconds:.1f} s; caption accuracy on the test images: "
-      f"colour {expert_accuracy['colour']:.2f}, shape {expert_accuracy['shape']:.2f}; e.g. {captions[:3]}")
+from minipeft.multimodal import experts
 
-test_captioned = encode_vqa(test_triples, captions)
-kept_handle = llama_adapter.apply(llm, variants["V2 add"])  # the trained "add, disjoint" model, reloaded
+show_source(experts.PixelReader.read)
+
+# %% [markdown]
+# Either expert's text goes in front of the question with `with_context`:
+# `"The image shows a red circle.\nQuestion: …\nAnswer:"`. We ask the frozen SmolLM2 and the "add, joint" V2 of
+# §10.7 (reloaded from its saved state), with no expert, with the caption, and with the pixel reader's text.
+
+# %%
+with Stopwatch() as expert_time:
+    captioner = experts.ProbeCaptioner.fit(train_features["pooled"],
+                                           {"colour": train_shapes.color, "shape": train_shapes.shape},
+                                           {"colour": COLORS, "shape": SHAPES})
+    reader = experts.PixelReader.calibrate(train_shapes.images, train_shapes.color, COLORS)
+    expert_texts = {"caption": captioner.describe(test_features["pooled"], template="a {colour} {shape}"),
+                    "pixel reader": reader.describe(test_shapes.images)}
+truth = [f"a {COLORS[c]} {SHAPES[s]}" for c, s in zip(test_shapes.color.tolist(), test_shapes.shape.tolist())]
+expert_accuracy = {}
+for name, texts in expert_texts.items():
+    expert_accuracy[name] = {
+        "colour": sum(t.split()[1:2] == r.split()[1:2] for t, r in zip(texts, truth)) / len(truth),
+        "shape": sum(t.split()[-1] == r.split()[-1] for t, r in zip(texts, truth)) / len(truth)}
+    print(f"{name:12}: colour {expert_accuracy[name]['colour']:.2f}, shape {expert_accuracy[name]['shape']:.2f} on "
+          f"the {len(truth)} test images; e.g. {texts[:3]}")
+print(f"both experts built in {expert_time.seconds:.1f} s (no training of the language model)")
+
+kept_handle = llama_adapter.apply(llm, variants["V2 add"])  # the trained "add, joint" model, reloaded
 kept_handle.load_state_dict(kept_state)
 llm.eval()
-v2_captioned = accuracy_by_kind(predict_vqa(llm, kept_handle, test_captioned, test_features), test_triples)
-kept_handle.undo()  # the frozen SmolLM2 again
-base_captioned = accuracy_by_kind(predict_vqa(llm, None, test_captioned, None), test_triples)
-expert_table = {"frozen SmolLM2": base_vqa, "frozen SmolLM2 + caption": base_captioned,
-                "V2 add, disjoint": added["accuracy"], "V2 add, disjoint + caption": v2_captioned}
-print(f"{'model':28} {'colour':>7} {'shape':>6} {'yes/no':>7} {'all':>6}")
-for name, a in expert_table.items():
-    print(f"{name:28} {a['colour']:>7.2f} {a['shape']:>6.2f} {a['yes/no']:>7.2f} {a['all']:>6.2f}")
-print("gain from the caption:", {k: round(v2_captioned[k] - added["accuracy"][k], 2) for k in v2_captioned},
-      "(V2),", {k: round(base_captioned[k] - base_vqa[k], 2) for k in base_captioned}, "(frozen)")
+expert_table = {}
+with Stopwatch() as expert_eval:
+    for model_name, handle, without_expert in (("V2 add, joint", kept_handle, added["accuracy"]),
+                                               ("frozen SmolLM2", None, base_vqa)):
+        if handle is None:
+            kept_handle.undo()  # the frozen SmolLM2 again
+        expert_table[model_name, "no expert"] = without_expert  # measured in §10.7
+        for expert_name, texts in expert_texts.items():
+            predicted = predict_vqa(llm, handle, encode_vqa(test_triples, texts), test_features if handle else None)
+            expert_table[model_name, expert_name] = accuracy_by_kind(predicted, test_triples)
+print(f"4 evaluations with an expert in {expert_eval.seconds:.1f} s")
+print(f"{'model':16} {'expert':13} {' '.join(f'{kind:>7}' for kind in COLUMNS)}")
+for (model_name, expert_name), a in expert_table.items():
+    print(f"{model_name:16} {expert_name:13} {accuracy_cells(a)}")
 
 # %% [markdown]
 # A few test images with what each source says:
 
 # %%
-fig, axes = plt.subplots(1, 8, figsize=(16, 2.9))
+fig, axes = plt.subplots(1, 8, figsize=(16, 3.1))
 for ax, index in zip(axes, range(0, 8 * 6, 6)):
     question, answer, image = test_triples[index]
     ax.imshow(test_shapes.images[image].permute(1, 2, 0))
-    ax.set_title(f"{question}\ntruth: {answer} | V2: {added['predictions'][index]}\ncaption: {captions[image]}",
+    ax.set_title(f"{question}\ntruth: {answer} | V2: {added['predictions'][index]}\n"
+                 f"caption: {expert_texts['caption'][image]}\npixels: {expert_texts['pixel reader'][image]}",
                  fontsize=7)
     ax.axis("off")
-plt.suptitle("easy-VQA test images: the question, the answer, V2 (add) and the expert's caption")
+plt.suptitle("easy-VQA test images: the question, the answer, V2 (add, joint) and the two experts")
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# **Reading the expert table (this run).** The caption helps where the model's own view of the image is weak, and
-# only as much as the model can *read* it. The V2 model saw the colour poorly through its visual prompt; with the
-# caption, which it never saw in training, its colour accuracy rises by about a third. The frozen SmolLM2 reads the
-# shape from the caption almost perfectly but the colour only partly, although the caption names it correctly 88 % of
-# the time: a 135M model is not a reliable reader (and in our trials the exact wording of the prompt moved its colour
-# accuracy by 20 points). Yes/no questions gain nothing: answering them needs a comparison the small model does not
-# make. The expert cost a second of training on features we had cached anyway, and no training of the language
-# model — V2's point. The checks (margins measured: +0.34 and +0.70):
+# **Reading the expert table (our recorded run).** An expert helps where the model's own view of the image is weak,
+# and only as far as the model can *read* its text. The V2 model saw the colour poorly through its visual prompt
+# (0.47); with an expert's text, which it never saw in training, its colour accuracy rose to 0.83 (caption) and 0.90
+# (pixel reader): the better the expert, the better the answer. The frozen SmolLM2 read the shape from the text
+# almost perfectly but the colour hardly at all (0.20–0.23), although both experts name it correctly 88–100 % of the
+# time: asked "what color is the shape?" after "The image shows a red circle.", the 135M model does not reliably
+# copy "red" (in our trials the exact wording of the prompt moved its colour accuracy by 20 points). The V2 model
+# does, because its training taught it to answer these questions with one of the colour words. The experts cost
+# under a second (a probe on features we had cached anyway, and a palette measured on the training images) and no
+# training of the language model — V2's point. The checks (margins in this run: +0.05, +0.23 and +0.23):
 
 # %%
-assert expert_accuracy["colour"] >= blind["colour"] + 0.4 and expert_accuracy["shape"] >= 0.9, expert_accuracy
-assert v2_captioned["colour"] >= added["accuracy"]["colour"] + 0.15, (added["accuracy"], v2_captioned)
-assert base_captioned["shape"] >= base_vqa["shape"] + 0.4, (base_vqa, base_captioned)
+assert expert_accuracy["pixel reader"]["colour"] >= 0.95 and expert_accuracy["pixel reader"]["shape"] >= 0.9
+reader_gain = expert_table["V2 add, joint", "pixel reader"]["colour"] - added["accuracy"]["colour"]
+assert reader_gain >= 0.2, expert_table
+frozen_shape_gain = expert_table["frozen SmolLM2", "caption"]["shape"] - base_vqa["shape"]
+assert frozen_shape_gain >= 0.4, expert_table
 
 # %% [markdown]
 # ## 10.9 The papers reported / we measured
@@ -783,13 +835,13 @@ assert base_captioned["shape"] >= base_vqa["shape"] + 0.4, (base_vqa, base_capti
 # | v1: zero-init gating keeps the pretrained model intact at the start | {cite}`zhang2023llamaadapter` | `max|logits − base| = 0.0` at init for v1 and both V2 fusions (§10.4) |
 # | V2 "merely introduc[es] 14M parameters over LLaMA" (65B chatbot) | {cite}`gao2023llamaadapterv2`, abstract | **13,811,712** with the official code's input-channel scales; 14,917,632 with the paper's output-channel Eq. (10.2) (§10.3) |
 # | bias tuning is "only 0.04% (∼5M)" of LLaMA | {cite}`gao2023llamaadapterv2` §4.1 (reference notes §3.3) | 2,764,800 / 2,985,984 on LLaMA-7B; the paper's two figures disagree with each other |
-# | early fusion (visual tokens only in early layers) gives "better visual knowledge incorporation" | abstract | at 20 steps the *added* fusion learned far faster (early fusion picked up some of the shape, none of the colour; §10.7); the benefit of early fusion we could measure is isolation: text-only logits bit-for-bit unchanged |
-# | joint training of disjoint groups "alleviates the interference" between image–text alignment and instruction following | abstract | disjoint early: text-only change exactly 0; single-stage (everything trained on VQA): the loss on ordinary English rose by several nats within 10 steps (§10.7). The instruction-data half of the joint recipe is Exercise 3 |
-# | expert models at inference "enhance its image understanding capability without incurring training costs" | abstract | a linear-probe caption raised V2's colour accuracy by about a third and the frozen model's shape accuracy from chance to near perfect (§10.8); yes/no did not gain |
+# | early fusion (visual tokens only in early layers) gives "better visual knowledge incorporation" | abstract | not at our budget: in 16 joint steps the early fusion stayed at chance on colour and shape, while the released code's *added* fusion reached shape 1.00, colour 0.47 (§10.7) |
+# | joint training of disjoint groups "alleviates the interference" between image–text alignment and instruction following | abstract | in the direction the paper says, and small at our scale: disjoint "add" against single-stage "add", same data and learning rates — colour 0.47 vs 0.30, persona loss 0.20 vs 0.25, paragraph loss 3.81 vs 4.41, and 1.25 vs 1.65 s per step (§10.7; one seed) |
+# | expert models at inference "enhance its image understanding capability without incurring training costs" | abstract | V2's colour accuracy 0.47 → 0.83 with the caption expert, 0.90 with the pixel reader; the frozen model's shape 0.37 → 1.00, its colour barely (§10.8) |
 #
 # **Why ours differ.** The papers train LLaMA-7B/65B on 52 K instructions and 567 K image–caption pairs with CLIP
-# features for epochs on 8 A100s; we train a 4-bit-quantised (then dequantised) 135M-parameter model for 20 steps on a
-# CPU, with EfficientNet features of 64-px synthetic images, one seed. Our visual projection is a single attention
+# features for epochs on 8 A100s; we train a 4-bit-quantised (then dequantised) 135M-parameter model for 16–20 steps on
+# a CPU, with EfficientNet features of 64-px synthetic images, one seed. Our visual projection is a single attention
 # step, not V2's 8 ViT blocks (library note); our V2 puts static prompts in 8 layers, not 31, and its visual prompt
 # has 10 tokens, not 20. Early fusion is exactly the design that needs the most data: its signal must learn to speak
 # the language of layer 0. The parameter counts are reproduced exactly because they are arithmetic, not training.
@@ -812,9 +864,12 @@ for index in (0, 1, N - SIZES.vqa_layers, N - 1):
 #   already-wrapped attention): `undo()` the first handle. To come back to a trained model, keep
 #   `handle.state_dict()` and `load_state_dict` it into a fresh `apply` — as §10.8 does.
 # * **The image stays set.** `set_visual_features` holds until changed; a later text-only call would still see the
-#   last image. Clear it (`None`) or use `with handle.visual_features(f): ...`.
-# * **Freeze a group before `train`.** The optimiser is built from the parameters that require a gradient when
-#   `train` starts; set `requires_grad_(False)` on the other group first (or pass `groups=`).
+#   last image. Clear it (`None`) or use `with handle.visual_features(f): ...`. (`joint_train` clears it before every
+#   language batch, and when it returns.)
+# * **One group with `train`.** `joint_train` switches the groups itself. To train one group alone with
+#   `minipeft.core.train` (Exercise 4), set `requires_grad_(False)` on the other group first: the optimiser is built
+#   from the parameters that require a gradient when `train` starts. `joint_train` leaves every V2 tensor trainable
+#   when it returns.
 # * **Padding side.** The prompt's keys have no position but the queries are rotated by their absolute position, so
 #   left padding would shift what the gated term sees. We right-pad and read the last real position.
 # * **Multi-token answers.** Scoring by the first token works only because the candidates of each kind start with
@@ -829,15 +884,19 @@ for index in (0, 1, N - SIZES.vqa_layers, N - 1):
 # 2. Make early fusion learn. (a) Build `VisualProjection(1280, 576, 10)` yourself, set its `out_norm.weight` to layer
 #    0's input-norm weight (see §10.10), pass it as `visual_projection=` and retrain. (b) Try `visual_layers=4`.
 #    (c) Train for 5× more steps. Which helps, and how far from the added fusion does each get?
-# 3. Complete V2's joint recipe: after the "add, disjoint" run, train the *language* group on the persona data
-#    (text only, no image) and measure VQA accuracy again. Then do the same after the "early, disjoint" run. Which
-#    fusion keeps its VQA accuracy, and why does early fusion make the answer "exactly" for one direction only?
-# 4. Replace the linear-probe expert by a deterministic tool: the most frequent non-background colour of the pixels,
-#    and the fraction of the bounding box the shape fills (a circle fills π/4, a triangle about ½). How accurate is
-#    it, and how much does its caption help?
-# 5. Compare `gate="raw"` with `gate="tanh"`, and one gate per layer (`gate_per_head=False`, `peft`'s choice), on
+# 3. How much of §10.7's joint-versus-single-stage difference is the seed? Rerun "add, joint" and "add,
+#    single-stage" with three seeds and language learning rates 5e-3, 1e-2 and 2e-2, and plot the mean and spread of
+#    colour accuracy and persona loss against the learning rate.
+# 4. Two stages instead of one joint run (the LLaVA / MiniGPT-4 recipe of the next chapters): train the "add" V2 on
+#    VQA only (`minipeft.core.train` with the language group frozen), then on the persona only (image–text group
+#    frozen), for the same number of batches as §10.7. Compare both skills with "add, joint". What does the second
+#    stage do to the first stage's VQA accuracy, and why can it not happen to the early fusion's?
+# 5. Break the experts. Add Gaussian noise (σ = 0.05, 0.1, 0.2) to the test images, or shift their colours a little,
+#    and measure both experts' accuracy and the V2 answers they lead to. Which expert degrades first, and does the
+#    model's own visual prompt still help when the expert's text is wrong?
+# 6. Compare `gate="raw"` with `gate="tanh"`, and one gate per layer (`gate_per_head=False`, `peft`'s choice), on
 #    the persona task.
-# 6. Fold the biases and scales of a trained V2 into the weights with `handle.merge_linear()`; check that the outputs
+# 7. Fold the biases and scales of a trained V2 into the weights with `handle.merge_linear()`; check that the outputs
 #    do not change, and explain why `handle.merge()` must refuse.
 #
 # ## 10.12 Record what this run measured
@@ -845,10 +904,18 @@ for index in (0, 1, N - SIZES.vqa_layers, N - 1):
 # %%
 from minipeft.core.results import record
 
-vqa_metrics = {f"VQA {kind} acc, {name}": (100 * run["accuracy"][kind], "%")
-               for name, run in vqa_runs.items() for kind in ("colour", "shape", "yes/no")}
+run_metrics = {}
+for name, run in vqa_runs.items():
+    for kind in COLUMNS:
+        run_metrics[f"VQA {kind} acc, {name}"] = (100 * run["accuracy"][kind], "%")
+    run_metrics[f"persona held-out loss, {name}"] = (run["persona_loss"], "nats/token")
+    run_metrics[f"paragraph loss, {name}"] = (run["paragraph"], "nats/token")
+expert_metrics = {f"VQA all acc, {model} + {expert}": (100 * a["all"], "%")
+                  for (model, expert), a in expert_table.items() if expert != "no expert"}
+expert_metrics.update({f"{expert} {kind} acc": (100 * a[kind], "%")
+                       for expert, a in expert_accuracy.items() for kind in ("colour", "shape")})
 record(
-    "10_llama_adapter", "LLaMA-Adapter v1 and V2: a persona, then easy-VQA with early and added fusion",
+    "10_llama_adapter", "LLaMA-Adapter v1 and V2: a persona, then joint training on easy-VQA and instructions",
     {
         "v1 persona followed after": (100 * persona_after / len(questions), "%"),
         "v1 persona followed before": (100 * persona_before / len(questions), "%"),
@@ -858,21 +925,16 @@ record(
         "v1 params LLaMA-7B (meta device)": (v1_7b["total"], "params"),
         "V2 bias+scale+norm LLaMA-65B, input scale": (bias_scale_norms(v2_65b["input"]), "params"),
         "V2 bias+scale+norm LLaMA-65B, output scale": (bias_scale_norms(v2_65b["output"]), "params"),
-        "VQA colour acc, blind prior": (100 * blind["colour"], "%"),
-        "VQA shape acc, blind prior": (100 * blind["shape"], "%"),
-        "VQA yes/no acc, blind prior": (100 * blind["yes/no"], "%"),
-        **vqa_metrics,
-        "VQA all acc, add + caption expert": (100 * v2_captioned["all"], "%"),
-        "VQA all acc, frozen + caption expert": (100 * base_captioned["all"], "%"),
-        "expert caption colour acc": (100 * expert_accuracy["colour"], "%"),
+        **{f"VQA {kind} acc, blind prior": (100 * blind[kind], "%") for kind in COLUMNS},
+        **run_metrics,
+        **expert_metrics,
         "probe colour acc at 64 px": (100 * probes[64]["colour"], "%"),
         "probe colour acc at image_size": (100 * probes[SIZES.image_size]["colour"], "%"),
-        "text-only max|dlogits|, early disjoint": (early["text_change"], "logit"),
-        "paragraph loss, single-stage": (single["paragraph"], "nats/token"),
         "paragraph loss, base": (base_paragraph, "nats/token"),
         "feature cache time": (caching.seconds, "s"),
     },
     trainable_parameters=v1_trainable,
+    headline=["VQA all acc, add, joint", "VQA all acc, V2 add, joint + pixel reader", "v1 persona followed after"],
     paper_claims=[
         {"claim": "LLaMA-Adapter v1: 1.2M learnable parameters on LLaMA-7B (K=10, L=30)",
          "source": "Zhang et al. 2023, arXiv:2303.16199 (reference notes section 3.1)"},
