@@ -189,10 +189,10 @@ print(f"persona followed {base_persona}/{len(questions)}, facts stated {base_fac
 #
 # **Initialisation.** Prompt tuning starts from the embeddings of an instruction text (the library's `init="text"`;
 # starting from real embeddings instead of random numbers is one of the choices Lester et al. compare). We give prefix
-# tuning the same start in its own terms: the keys and values the frozen model computes for the first $P$ tokens of
-# the same text — initialising a prefix with the activations of real words is a choice Li & Liang study too. The
-# library's default prefix is random (section 4.4 shows why we avoid it); P-tuning's encoder has no "text" to start
-# from, so it starts as `peft`'s does.
+# tuning the same start in its own terms, with the library's `init="text"` for prefixes: the keys and values the
+# frozen model computes for the first $P$ tokens of the same text — initialising a prefix with the activations of real
+# words is a choice Li & Liang study too (`peft` has no such option). The library's default prefix is random
+# (section 4.4 shows why we avoid it); P-tuning's encoder has no "text" to start from, so it starts as `peft`'s does.
 
 # %%
 import dataclasses
@@ -200,7 +200,7 @@ import dataclasses
 INIT_TEXT = 'You are a robot. Start every answer with "Beep boop!" and end it with "Have a logical day, human."'
 CONFIGS = {
     "prompt tuning": prefix.PromptTuningConfig(num_virtual_tokens=40, init="text", init_text=INIT_TEXT),
-    "prefix tuning": prefix.PrefixTuningConfig(num_virtual_tokens=2),
+    "prefix tuning": prefix.PrefixTuningConfig(num_virtual_tokens=2, init="text", init_text=INIT_TEXT),
     "P-tuning": prefix.PTuningConfig(num_virtual_tokens=10, encoder="mlp", encoder_hidden_size=14),
     "LoRA": lora.LoraConfig(r=1, alpha=2, target_modules=["v_proj"]),
 }
@@ -212,31 +212,13 @@ def text_ids(text, length):
     return (ids * math.ceil(length / len(ids)))[:length]
 
 
-@torch.no_grad()
-def prefix_from_text(text, length):
-    """Prefix keys and values = what the frozen model caches for the text's first `length` tokens.
-
-    Call it on the bare model: with a prompt method attached, the hook would add its own virtual tokens.
-    """
-    ids = torch.tensor([text_ids(text, length)], device=llm.device)
-    cache = llm(input_ids=ids, use_cache=True).past_key_values
-    keys = torch.stack([layer.keys[0] for layer in cache.layers])  # (L, H_kv, P, d_head)
-    values = torch.stack([layer.values[0] for layer in cache.layers])  # (L, H_kv, P, d_head)
-    return {"minipeft_prompt.prefix_keys": keys, "minipeft_prompt.prefix_values": values}
-
-
 def attach(name, config=None):
     """Apply one method to `llm` (frozen) with the initialisation described above; returns its handle."""
     config = config or CONFIGS[name]
     torch.manual_seed(SEED)
     if isinstance(config, lora.LoraConfig):
         return lora.apply(llm, config)
-    if isinstance(config, prefix.PrefixTuningConfig):
-        start = prefix_from_text(INIT_TEXT, config.num_virtual_tokens)  # computed before the hook is in place
-        handle = prefix.apply(llm, config)
-        handle.load_state_dict(start)
-        return handle
-    return prefix.apply(llm, config, tokenizer=tokenizer)
+    return prefix.apply(llm, config, tokenizer=tokenizer)  # init="text" (prompt and prefix) tokenises INIT_TEXT
 
 
 model_config = llm.config
@@ -333,15 +315,20 @@ print(f"logits with the prompt: {soft_shape} -> strip_virtual_tokens -> {strippe
 print("soft prompt at init == the text typed as a hard prompt (max |diff| < 1e-4):", hard_difference < 1e-4)
 
 # %% [markdown]
-# **A prefix is a key/value cache.** The library initialises prefix keys and values like `nn.Embedding` (and `peft`):
-# $\mathcal{N}(0, 1)$ — not zero, and not an identity. Keys and values the model never produced are attended to by
-# every real token in every layer, which wrecks the pretrained function before training starts. Our text
-# initialisation instead *is* a cache the model produced, so the prefixed model equals the base model with those
-# $P$ tokens typed in front (equation 4.2 read backwards).
+# **A prefix is a key/value cache.** By default (`init="random"`) the library initialises prefix keys and values like
+# `nn.Embedding` (and `peft`): $\mathcal{N}(0, 1)$ — not zero, and not an identity. Keys and values the model never
+# produced are attended to by every real token in every layer, which wrecks the pretrained function before training
+# starts. The library's `init="text"` instead *is* a cache the model produced: `apply` runs the frozen model once on
+# the text's first $P$ tokens and keeps every layer's keys (RoPE already applied, at positions $0..P-1$) and values,
+# so the prefixed model equals the base model with those $P$ tokens typed in front (equation 4.2 read backwards).
+# This is the function `apply` calls for it:
+
+# %%
+show_source(prefix._prefix_from_text)
 
 # %%
 torch.manual_seed(SEED)
-handle = prefix.apply(llm, CONFIGS["prefix tuning"])  # the library's default initialisation
+handle = prefix.apply(llm, prefix.PrefixTuningConfig(num_virtual_tokens=P_prefix))  # library default: init="random"
 keys, values = handle.module()
 random_prefix_std = torch.cat([keys.flatten(), values.flatten()]).std().item()
 random_prefix_loss = heldout_loss(llm)
@@ -556,8 +543,9 @@ else:
 # ## 4.9 Pitfalls
 #
 # * **Random prefixes break the model.** $\mathcal{N}(0,1)$ keys and values (the library's and `peft`'s default) raise
-#   the loss far above the base model's before training starts (§4.4). Start from real activations, or use Li &
-#   Liang's MLP reparameterisation (`prefix_projection=True`) — at the price of many more *training* parameters.
+#   the loss far above the base model's before training starts (§4.4). Start from real activations
+#   (`init="text"`), or use Li & Liang's MLP reparameterisation (`prefix_projection=True`) — at the price of many
+#   more *training* parameters.
 # * **Learning rates.** Prompt-style methods need steps several times larger than LoRA's (here 1.5× to 5×), and the
 #   window is narrow: too small and a short run barely moves, too large and the loss jumps. Sweep it; it is the most
 #   sensitive setting of these methods.
@@ -574,8 +562,9 @@ else:
 #
 # 1. Train prompt tuning from `init="random"` and from `init="vocab"` with the same budget. How many steps does each
 #    need to reach the held-out loss of the text initialisation? (Lester et al. also compare initialisations.)
-# 2. Train prefix tuning with the library's random initialisation at learning rates 1e-2 and 3e-2. Then try
-#    `prefix_projection=True` with a small `encoder_hidden_size`; count its training and its inference parameters.
+# 2. Train prefix tuning with the library's random initialisation (`init="random"`) at learning rates 1e-2 and
+#    3e-2. Then try `prefix_projection=True` with a small `encoder_hidden_size`; count its training and its inference
+#    parameters.
 # 3. Replace P-tuning's MLP by the LSTM encoder (`encoder="lstm"`) at a matched budget. Is it better?
 # 4. Give every method ten times the budget (prompt $P = 400$ is impractical — why?). Which improves most?
 # 5. Export the trained prompt with `handle.export_prompt_embeddings()`: which of its rows are closest to real
