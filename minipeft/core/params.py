@@ -117,14 +117,22 @@ def parameter_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
 
     Raises ``ValueError`` when nothing is trainable (usually: ``apply`` was not called, or everything is frozen).
     """
-    decay, no_decay = [], []
-    for name, parameter in trainable_parameters(model):
-        (no_decay if parameter.ndim < 2 or _NO_DECAY.search(name) else decay).append(parameter)
-    if not decay and not no_decay:
+    groups = decay_groups(trainable_parameters(model), weight_decay)
+    if not groups:
         raise ValueError("the model has no trainable parameters; apply a method or unfreeze something first.")
+    return groups
+
+
+def decay_groups(named_parameters, weight_decay: float = 0.0, **options) -> list[dict]:
+    """Split ``[(name, parameter)]`` into optimiser groups: weight decay on matrices, none on biases, norms and other
+    vectors (decaying a norm's weight towards 0, or a bias, only hurts). ``options`` (e.g. ``lr=``) go into both
+    groups; an empty group is left out."""
+    decay, no_decay = [], []
+    for name, parameter in named_parameters:
+        (no_decay if parameter.ndim < 2 or _NO_DECAY.search(name) else decay).append(parameter)
     groups = []
     if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
+        groups.append({"params": decay, "weight_decay": weight_decay, **options})
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "weight_decay": 0.0, **options})
     return groups

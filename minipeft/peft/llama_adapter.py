@@ -122,7 +122,7 @@ from torch.utils.data import default_collate
 
 from ..core.inject import Injection, find_modules, inject, is_wrapper
 from ..core.io import load_weights
-from ..core.params import freeze
+from ..core.params import decay_groups, freeze
 from ..core.scale import default_device
 from ..core.train import History, TrainConfig, batch_indices, lr_multiplier, move_to, seed_everything
 
@@ -842,14 +842,16 @@ def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: S
     groups = parameter_groups(handle)
     everything = groups["image_text"] + groups["language"]
     lrs = {"image_text": config.lr, "language": config.lr if language_lr is None else language_lr}
+    named = dict(handle.named_parameters())
+    # Weight decay on matrices only, as minipeft.core.train does; each group at its own peak learning rate.
+    optimizer_groups = {stream: decay_groups([(n, named[n]) for n in names], config.weight_decay, lr=lrs[stream])
+                        for stream, names in parameter_groups(handle, names=True).items()}
     if disjoint:  # one optimiser per group: a batch can only ever step its own group
         trained = {"image_text": groups["image_text"], "language": groups["language"]}
-        optimizers = {stream: torch.optim.AdamW([{"params": trained[stream], "lr": lrs[stream]}],
-                                                weight_decay=config.weight_decay) for stream in trained}
+        optimizers = {stream: torch.optim.AdamW(optimizer_groups[stream]) for stream in trained}
     else:  # single-stage: one optimiser (one set of moments) over everything, each tensor at its group's rate
         trained = {"image_text": everything, "language": everything}
-        shared = torch.optim.AdamW([{"params": groups[stream], "lr": lrs[stream]} for stream in lrs],
-                                   weight_decay=config.weight_decay)
+        shared = torch.optim.AdamW(optimizer_groups["image_text"] + optimizer_groups["language"])
         optimizers = {"image_text": shared, "language": shared}
     for optimizer in optimizers.values():
         for group in optimizer.param_groups:

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from minipeft.core import count_parameters, freeze, parameter_groups, parameter_report, unfreeze
+from minipeft.core.params import decay_groups
 from minipeft.models import tiny_llama
 
 
@@ -53,3 +54,15 @@ def test_parameter_groups_decay_only_matrices():
     freeze(model)
     with pytest.raises(ValueError, match="no trainable parameters"):
         parameter_groups(model)
+
+
+def test_decay_groups_split_named_parameters_and_carry_options():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    groups = decay_groups(model.named_parameters(), 0.1, lr=0.5)
+    assert [{id(p) for p in g["params"]} for g in groups] == [
+        {id(model[0].weight)}, {id(model[0].bias), id(model[1].weight), id(model[1].bias)}]
+    assert [(g["weight_decay"], g["lr"]) for g in groups] == [(0.1, 0.5), (0.0, 0.5)]
+    # a matrix whose name says "norm" is not decayed either; nothing in, nothing out
+    named = [("encoder.norm.weight", nn.Parameter(torch.ones(2, 2)))]
+    assert [g["weight_decay"] for g in decay_groups(named, 0.1)] == [0.0]
+    assert decay_groups([], 0.1) == []
