@@ -410,8 +410,8 @@ assert persona_before == 0 and persona_after >= 4, (persona_before, persona_afte
 import random
 
 from minipeft.datasets import COLORS, SHAPES, load_shapes
-from minipeft.multimodal.experts import with_context
 from minipeft.models import load_efficientnet_lite0
+from minipeft.multimodal.experts import with_context
 
 image_encoder, preprocess = load_efficientnet_lite0()
 train_shapes = load_shapes("train", limit=SIZES.train_images, seed=SEED)
