@@ -277,7 +277,10 @@ plt.show()
 # autograd saves that rebuilt weight — a fresh, non-parameter tensor the size of $W_0$ — plus the layer's input,
 # for every adapted layer. Its support tensors include full-width vectors for every target, so it also trains the
 # most parameters of the PEFT methods here. Its activation ratio can therefore reach or exceed 1. It merges, so at
-# inference it is free.
+# inference it is free. The rebuilt weight costs out × in numbers per layer *whatever the batch*: it dominates at
+# this benchmark's small batches and fades at realistic ones. Avoiding it is no free lunch either — computing
+# $(W_0 \odot A)x$ for a rank-$r$ $A = \sum_k a_k b_k^\top$ as $\sum_k a_k \odot W_0 (b_k \odot x)$ saves $r$ copies
+# of the layer's input instead, which is smaller only while the batch holds fewer than out / $r$ tokens.
 #
 # **Step time.** The step-time ratios follow the activations only loosely: a PEFT step skips the weight
 # gradients of the frozen layers and most of the optimiser update, but still runs the whole forward and most of the
