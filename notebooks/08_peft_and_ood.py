@@ -296,18 +296,13 @@ for depth in SIZES.depths:
 SCORES = ["MSP", "energy", "Mahalanobis", "kNN"]
 header = f"{'layers':>6} {'method':<16} {'params':>10} {'ID acc':>6} | " + " | ".join(
     f"{s[:5]:>5} near/far" for s in SCORES)
-print("AUROC (higher is better)")
-print(header)
-for (method, depth), run in runs.items():
-    cells = " | ".join(f"{run['ood'][(s, 'near')]['auroc']:.3f}/{run['ood'][(s, 'far')]['auroc']:.3f}"
-                       for s in SCORES)
-    print(f"{depth:>6} {method:<16} {trainable[(method, depth)]:>10,} {run['acc']:>6.3f} | {cells}")
-print("\nFPR95 (lower is better)")
-print(header)
-for (method, depth), run in runs.items():
-    cells = " | ".join(f"{run['ood'][(s, 'near')]['fpr95']:.3f}/{run['ood'][(s, 'far')]['fpr95']:.3f}"
-                       for s in SCORES)
-    print(f"{depth:>6} {method:<16} {trainable[(method, depth)]:>10,} {run['acc']:>6.3f} | {cells}")
+for metric, title in (("auroc", "AUROC (higher is better)"), ("fpr95", "\nFPR95 (lower is better)")):
+    print(title)
+    print(header)
+    for (method, depth), run in runs.items():
+        cells = " | ".join(f"{run['ood'][(s, 'near')][metric]:.3f}/{run['ood'][(s, 'far')][metric]:.3f}"
+                           for s in SCORES)
+        print(f"{depth:>6} {method:<16} {trainable[(method, depth)]:>10,} {run['acc']:>6.3f} | {cells}")
 
 # %%
 import matplotlib.pyplot as plt
