@@ -717,9 +717,10 @@ plt.show()
 #   tensor. The mechanism is the one V2 names, interference: Adam makes every update about the learning rate in
 #   size whatever the gradient's size, so in the single-stage run the VQA batches take full-sized steps on the
 #   biases and norms the persona depends on, and the persona batches on the visual prompts. One seed and 30 colour
-#   questions make 0.17 five questions; in our trials with larger learning rates for the language group (1e-2,
-#   2e-2) the single-stage run fell further behind (shape 0.70 against 0.97 at 1e-2, a persona loss of 1.8 against
-#   0.5 at 2e-2). Exercise 3 asks you to measure the spread over seeds.
+#   questions make 0.17 five questions; in earlier trials (VQA batch 16, yes/no questions included) with larger
+#   learning rates for the language group (1e-2, 2e-2) the single-stage run fell further behind (shape 0.70
+#   against 0.97 at 1e-2, a persona loss of 1.8 against 0.5 at 2e-2). Exercise 3 asks you to measure the spread
+#   over seeds.
 #
 # The checks (margins in this run: shape +0.63, all +0.45, persona loss at least 3.4 nats below the base's):
 
