@@ -241,7 +241,7 @@ assert lora_paragraph_loss < base_paragraph_loss + 0.5, (base_paragraph_loss, lo
 # %% [markdown]
 # ## 3.7 Save in Hugging Face `peft`'s format
 #
-# `export_peft` writes `adapter_config.json` + `adapter_model.safetensors` with `peft`'s key names, so
+# `minipeft.interop.peft_format.export_peft` writes `adapter_config.json` + `adapter_model.safetensors` with `peft`'s key names, so
 # `peft.PeftModel.from_pretrained(base_model, folder)` loads it and gives the same outputs (this round trip is
 # tested in `tests/reference/test_lora_vs_peft.py`). The adapter is about 1.8 MB next to the model's 538 MB.
 
@@ -250,8 +250,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from minipeft.interop import peft_format
+
 export_dir = Path(tempfile.mkdtemp()) / "smollm2-robot-lora"
-lora.export_peft(handle, export_dir, base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+peft_format.export_peft(handle, export_dir, base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
 adapter_bytes = (export_dir / "adapter_model.safetensors").stat().st_size
 exported = json.loads((export_dir / "adapter_config.json").read_text())
 

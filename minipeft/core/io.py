@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -69,10 +69,20 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no weights file at {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        raw = (handle.metadata() or {}).get("minipeft", "{}")
-    return tensors, json.loads(raw)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            raw = (handle.metadata() or {}).get("minipeft", "{}")
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error}); it may be truncated or not a "
+                         "weights file — save it again with handle.save().") from None
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} has corrupt minipeft metadata ({error}); save it again with handle.save().") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path} has minipeft metadata that is not a JSON object; save it again with handle.save().")
+    return tensors, metadata
 
 
 def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], strict: bool = True) -> list[str]:
@@ -84,17 +94,25 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], strict: boo
     Returns the names that were loaded. Raises ``ValueError`` naming the first unknown key, shape mismatch or
     (with ``strict``) missing trainable parameter; in that case the model is unchanged.
     """
+    if not isinstance(tensors, dict):
+        raise TypeError(f"expected a dict of tensors by name, got {type(tensors).__name__}.")
     state = dict(model.named_parameters())
     state.update(dict(model.named_buffers()))
     for key in sorted(tensors):
+        value = tensors[key]
         if key not in state:
             raise ValueError(
                 f"cannot load: the file has {key!r} but the model has no such parameter — was it saved from a "
                 "different model or method configuration? Apply the same method with the same config first."
             )
-        if tuple(state[key].shape) != tuple(tensors[key].shape):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"cannot load: {key!r} is a {type(value).__name__}, not a tensor; nothing was loaded.")
+        if value.is_floating_point() != state[key].is_floating_point():
+            raise ValueError(f"cannot load: {key!r} has dtype {value.dtype} but the model's tensor is "
+                             f"{state[key].dtype}; nothing was loaded.")
+        if tuple(state[key].shape) != tuple(value.shape):
             raise ValueError(
-                f"cannot load: {key!r} has shape {tuple(tensors[key].shape)} in the file but "
+                f"cannot load: {key!r} has shape {tuple(value.shape)} in the file but "
                 f"{tuple(state[key].shape)} in the model (different rank, width or model?)."
             )
     if strict:

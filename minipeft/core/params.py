@@ -112,7 +112,7 @@ def parameter_report(model: nn.Module, depth: int = 1) -> ParameterReport:
 _NO_DECAY = re.compile(r"(bias|norm|ln_|layernorm|LayerNorm|embeddings?\.position)", re.IGNORECASE)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+def optimizer_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
     """Optimiser groups for the *trainable* parameters: weight decay on matrices, none on biases and norms.
 
     Raises ``ValueError`` when nothing is trainable (usually: ``apply`` was not called, or everything is frozen).

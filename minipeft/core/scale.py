@@ -51,3 +51,31 @@ def hardware_summary() -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(0)}"
     return f"{device.type}: {torch.get_num_threads()} torch thread(s), {os.cpu_count()} logical core(s)"
+
+
+def _cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (x86: AVX512-BF16 or AMX; Arm: the BF16 extension)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = cpuinfo.read()
+    except OSError:  # not Linux: be conservative
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16", " bf16"))
+
+
+def amp_dtype(device: torch.device | str | None = None) -> torch.dtype | None:
+    """The autocast dtype worth using on ``device``, or ``None`` where mixed precision would not pay.
+
+    * CUDA: bf16 where the GPU supports it (Ampere and newer), else ``None`` (fp16 needs a loss scaler, which the
+      loop does not do);
+    * CPU: bf16 when the processor has native bf16 instructions (measured on this project's CPU with one core: a
+      bf16 matmul runs about 4× the fp32 rate, and a SmolLM2 LoRA step at 4×128 takes 1.44 s instead of 3.15 s);
+      elsewhere bf16 on a CPU is emulated and slower than fp32, so ``None``;
+    * anything else (MPS): ``None``.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if _cpu_has_native_bf16() else None
+    return None

@@ -107,8 +107,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.inject import WRAPPER_ATTRIBUTE, Injection, find_modules, inject, is_wrapper
-from ..core.params import freeze
+from ..core.contract import Handle, MethodConfig, check_config, inject
+from ..core.inject import WRAPPER_ATTRIBUTE, find_modules, is_wrapper
 
 PLACEMENTS = ("houlsby", "pfeiffer", "parallel")
 NON_LINEARITIES = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -119,8 +119,13 @@ NON_LINEARITIES = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn
 # ------------------------------------------------------------------------------------------------------------------
 
 
+# Why handle.merge() refuses (the same sentence for every adapter wrapper).
+ADAPTER_REFUSAL = ("an adapter's update f(h W_down) W_up passes through the non-linearity f, so it is not a change "
+                   "of any weight matrix (LoRA's B A is; see the module docstring)")
+
+
 @dataclass
-class AdapterConfig:
+class AdapterConfig(MethodConfig):
     """Bottleneck adapters: where they go, how wide they are, how they start.
 
     Args:
@@ -234,6 +239,9 @@ class SequentialAdapterLayer(nn.Module):
     """
 
     minipeft_method = "adapter"
+    adapter_tensor_names = ("adapter",)
+    can_merge = False
+    merge_refusal = ADAPTER_REFUSAL
 
     def __init__(self, base_layer: nn.Module, adapter: BottleneckAdapter, scaling: float = 1.0):
         super().__init__()
@@ -254,6 +262,9 @@ class ParallelAdapterLayer(nn.Module):
     """
 
     minipeft_method = "adapter"
+    adapter_tensor_names = ("adapter",)
+    can_merge = False
+    merge_refusal = ADAPTER_REFUSAL
 
     def __init__(self, base_layer: nn.Module, adapter: BottleneckAdapter, scaling: float = 1.0):
         super().__init__()
@@ -275,6 +286,9 @@ class PostNormParallelAdapterLayer(nn.Module):
     """
 
     minipeft_method = "adapter"
+    adapter_tensor_names = ("adapter",)
+    can_merge = False
+    merge_refusal = ADAPTER_REFUSAL
 
     def __init__(self, base_layer: nn.Module, adapter: BottleneckAdapter, scaling: float = 1.0):
         super().__init__()
@@ -392,7 +406,7 @@ def _explicit_plan(model: nn.Module, config: AdapterConfig, targets, hidden_size
 
 
 def apply(model: nn.Module, config: AdapterConfig | None = None, targets=None,
-          hidden_size: int | None = None) -> Injection:
+          hidden_size: int | None = None) -> Handle:
     """Insert bottleneck adapters into ``model`` in place, freeze everything else, and return the handle.
 
     Args:
@@ -403,7 +417,7 @@ def apply(model: nn.Module, config: AdapterConfig | None = None, targets=None,
         hidden_size: the output width of targets that are not ``nn.Linear`` and have no ``hidden_size`` attribute.
 
     Returns:
-        an ``Injection``: ``state_dict()`` / ``load_state_dict()`` for the adapter weights, ``undo()`` to remove them.
+        an ``Handle``: ``state_dict()`` / ``load_state_dict()`` for the adapter weights, ``undo()`` to remove them.
         ``merge()`` raises ``NotImplementedError`` (an adapter is non-linear, see the module docstring).
 
     Raises:
@@ -411,8 +425,7 @@ def apply(model: nn.Module, config: AdapterConfig | None = None, targets=None,
             larger than the model width, layer indices out of range, or a model that already has adapters there.
     """
     config = AdapterConfig() if config is None else config
-    if not isinstance(config, AdapterConfig):
-        raise ValueError(f"config must be an AdapterConfig, got {type(config).__name__}.")
+    config = check_config(config, AdapterConfig, AdapterConfig)
     plan = _auto_plan(model, config) if targets is None else _explicit_plan(model, config, targets, hidden_size)
     nested = [(outer, inner) for outer in plan for inner in plan if inner.startswith(outer + ".")]
     if nested:
@@ -439,7 +452,5 @@ def apply(model: nn.Module, config: AdapterConfig | None = None, targets=None,
     # Exact names (escaped, so the dots are literal): a suffix or regex match could catch modules outside the plan.
     handle = inject(model, make_wrapper, target=[re.escape(n) for n in plan], method="adapter", config=config)
     # Freeze after injecting, so a failed injection leaves requires_grad untouched too.
-    freeze(model)
-    for wrapper in handle.wrappers.values():
-        wrapper.adapter.requires_grad_(True)
+    handle.mark_trainable()
     return handle

@@ -99,8 +99,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.inject import Injection, check_target_names, inject
-from ..core.params import freeze
+from ..core.contract import Handle, MethodConfig, check_config, check_target_names, inject
 
 SUPPORT_TENSORS = ("A", "B", "C", "D", "E")
 CHOICES = {  # the search space of one layer: 4 * 4 * 3 * 3 * 3 = 432 paths
@@ -153,7 +152,7 @@ def _check_choices(choices) -> dict[str, tuple[str, ...]]:
 
 
 @dataclass
-class GloraConfig:
+class GloraConfig(MethodConfig):
     """Where GLoRA goes, the rank of its LoRA choices, the starting path and the search space.
 
     Args:
@@ -249,6 +248,8 @@ class GloraLinear(nn.Module):
     """
 
     minipeft_method = "glora"
+    adapter_tensor_names = ("glora_A", "glora_B", "glora_C", "glora_D", "glora_E")  # the support tensors
+    can_merge = True
 
     def __init__(self, base_layer: nn.Linear, r: int, path: Mapping[str, str] | None = None,
                  choices: Mapping[str, Sequence[str]] | None = None, generator: random.Random | None = None):
@@ -279,10 +280,6 @@ class GloraLinear(nn.Module):
         self.register_buffer("original_weight", None, persistent=False)
         self.register_buffer("original_bias", None, persistent=False)
         self.added_bias = False
-
-    def glora_parameters(self) -> list[nn.Parameter]:
-        """The trainable tensors: every parameter outside ``base_layer``."""
-        return [p for n, p in self.named_parameters() if not n.startswith("base_layer.")]
 
     def sample_path(self, rng: random.Random) -> dict[str, str]:
         """A uniformly random path from this layer's search space (one draw per support tensor)."""
@@ -387,7 +384,7 @@ def _default_targets(model: nn.Module) -> list[str]:
     return [re.escape(n) for n in names]
 
 
-def apply(model: nn.Module, config: GloraConfig | None = None) -> Injection:
+def apply(model: nn.Module, config: GloraConfig | None = None) -> Handle:
     """Wrap the target linear layers of ``model`` with GLoRA in place, freeze everything else, return the handle.
 
     Args:
@@ -396,7 +393,7 @@ def apply(model: nn.Module, config: GloraConfig | None = None) -> Injection:
             default path on each).
 
     Returns:
-        an ``Injection``: ``merge()`` / ``unmerge()`` / ``unload()`` / ``undo()``, and ``state_dict()`` /
+        an ``Handle``: ``merge()`` / ``unmerge()`` / ``unload()`` / ``undo()``, and ``state_dict()`` /
         ``load_state_dict()`` for the support tensors (keys ``<path>.glora_A.Xd`` …). The paths are settings, not
         tensors: save :func:`get_paths` beside the weights. Only the support tensors are trainable.
 
@@ -404,18 +401,14 @@ def apply(model: nn.Module, config: GloraConfig | None = None) -> Injection:
         ValueError: a target that matches no module (the message suggests close names) or a module already wrapped.
     """
     config = GloraConfig() if config is None else config
-    if not isinstance(config, GloraConfig):
-        raise ValueError(f"config must be a GloraConfig, got {type(config).__name__}.")
+    config = check_config(config, GloraConfig, GloraConfig)
     targets = _default_targets(model) if config.target_modules is None else config.target_modules
     generator = random.Random(config.seed)  # one generator for all layers: one seeded stream of paths
     # GloraLinear is in the types so that a layer wrapped already is found, and refused by inject.
     handle = inject(model, lambda name, module: GloraLinear(module, config.r, config.path, config.choices, generator),
                     target=targets, types=(nn.Linear, GloraLinear), exclude=config.exclude, method="glora",
                     config=config)
-    freeze(model)  # after injecting, so a failed injection leaves requires_grad untouched too
-    for wrapper in handle.wrappers.values():
-        for parameter in wrapper.glora_parameters():
-            parameter.requires_grad_(True)
+    handle.mark_trainable()  # after injecting, so a failed injection leaves requires_grad untouched too
     return handle
 
 
@@ -424,15 +417,15 @@ def apply(model: nn.Module, config: GloraConfig | None = None) -> Injection:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _layers(handle: Injection) -> dict[str, GloraLinear]:
-    if not isinstance(handle, Injection) or handle.method != "glora":
+def _layers(handle: Handle) -> dict[str, GloraLinear]:
+    if not isinstance(handle, Handle) or handle.method != "glora":
         raise ValueError(f"expected the handle from glora.apply(), got {getattr(handle, 'method', handle)!r}.")
     if not handle.wrappers:
         raise ValueError("this GLoRA handle no longer wraps anything (it was undone or unloaded).")
     return dict(handle.wrappers)
 
 
-def _resolve(handle: Injection, paths) -> dict[str, dict[str, str]]:
+def _resolve(handle: Handle, paths) -> dict[str, dict[str, str]]:
     """Every layer's path after applying ``paths``: one (partial) path for all layers, or ``{layer name: path}``
     for some of them; layers not named keep their current path. Checks everything, changes nothing."""
     layers = _layers(handle)
@@ -450,12 +443,12 @@ def _resolve(handle: Injection, paths) -> dict[str, dict[str, str]]:
     return {name: _check_path(paths[name], path) if name in paths else path for name, path in current.items()}
 
 
-def get_paths(handle: Injection) -> dict[str, dict[str, str]]:
+def get_paths(handle: Handle) -> dict[str, dict[str, str]]:
     """``{layer name: path}`` for every GLoRA layer (plain strings: JSON-ready, e.g. for ``save_weights`` metadata)."""
     return _resolve(handle, None)
 
 
-def set_paths(handle: Injection, paths) -> None:
+def set_paths(handle: Handle, paths) -> None:
     """Put layers on new paths: ``paths`` is one path for every layer (a partial dict changes only the tensors it
     names, e.g. ``{"C": "none"}``) or ``{layer name: path}`` for some layers. All are checked before any changes."""
     layers = _layers(handle)
@@ -465,7 +458,7 @@ def set_paths(handle: Injection, paths) -> None:
         layers[name].path = path
 
 
-def sample_paths(handle: Injection, rng: random.Random | int | None = None) -> dict[str, dict[str, str]]:
+def sample_paths(handle: Handle, rng: random.Random | int | None = None) -> dict[str, dict[str, str]]:
     """A random path per layer from each layer's search space (``GloraConfig.choices``); nothing is changed.
 
     ``rng``: a ``random.Random``, a seed, or ``None`` for the handle's own generator (the supernet's).
@@ -478,7 +471,7 @@ def sample_paths(handle: Injection, rng: random.Random | int | None = None) -> d
     return {name: layer.sample_path(rng) for name, layer in layers.items()}
 
 
-def supernet(handle: Injection, enabled: bool, seed: int | None = None) -> None:
+def supernet(handle: Handle, enabled: bool, seed: int | None = None) -> None:
     """Switch supernet training on (each forward samples a random path per layer) or off (each layer uses its
     ``path``). ``seed`` restarts the shared generator, so the same seed gives the same sequence of paths."""
     layers = _layers(handle)
@@ -504,7 +497,7 @@ def path_cost(path: Mapping[str, str], in_features: int, out_features: int, r: i
     return cost
 
 
-def parameter_cost(handle: Injection, paths=None) -> int:
+def parameter_cost(handle: Handle, paths=None) -> int:
     """The total :func:`path_cost` of all layers under ``paths`` (as in :func:`set_paths`; ``None``: the current
     paths). This is the size of the searched sub-network, which is what a budget constrains."""
     layers = _layers(handle)
@@ -536,7 +529,7 @@ class SearchResult:
     evaluated: int
 
 
-def evolutionary_search(handle: Injection, fitness_fn: Callable[[nn.Module], float], budget: float,
+def evolutionary_search(handle: Handle, fitness_fn: Callable[[nn.Module], float], budget: float,
                         population: int = 50, generations: int = 20, parents: int = 10, mutations: int = 25,
                         mutation_prob: float = 0.2, crossovers: int = 25, seed: int = 0) -> SearchResult:
     """Search one path per layer that maximises ``fitness_fn(model)`` with :func:`parameter_cost` ≤ ``budget``.

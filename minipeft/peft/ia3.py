@@ -80,8 +80,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.inject import WRAPPER_ATTRIBUTE, Injection, find_modules, inject, is_wrapper
-from ..core.params import freeze
+from ..core.contract import Handle, MethodConfig, check_config, inject
+from ..core.inject import WRAPPER_ATTRIBUTE, find_modules, is_wrapper
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def _patterns(name: str, value, allow_empty: bool) -> list[str]:
 
 
 @dataclass
-class IA3Config:
+class IA3Config(MethodConfig):
     """Which linear layers get an (IA)³ vector, and which of them are scaled on their input.
 
     Args:
@@ -154,6 +154,8 @@ class IA3Linear(nn.Module):
     """
 
     minipeft_method = "ia3"
+    adapter_tensor_names = ("ia3_l",)  # the learned vector l
+    can_merge = True
 
     def __init__(self, base_layer: nn.Linear, is_feedforward: bool = False):
         super().__init__()
@@ -233,7 +235,7 @@ class IA3Linear(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def apply(model: nn.Module, config: IA3Config | None = None) -> Injection:
+def apply(model: nn.Module, config: IA3Config | None = None) -> Handle:
     """Wrap the target linear layers of ``model`` in :class:`IA3Linear` in place and freeze everything else.
 
     Args:
@@ -243,7 +245,7 @@ def apply(model: nn.Module, config: IA3Config | None = None) -> Injection:
         config: an :class:`IA3Config` (default: ``k_proj``, ``v_proj``, ``down_proj``; ``down_proj`` feed-forward).
 
     Returns:
-        the ``Injection`` handle: ``merge`` / ``unmerge`` / ``unload`` / ``undo`` and
+        the ``Handle`` handle: ``merge`` / ``unmerge`` / ``unload`` / ``undo`` and
         ``state_dict`` / ``load_state_dict`` (keys ``<module path>.ia3_l``). Only the vectors are trainable afterwards.
 
     Raises:
@@ -252,8 +254,7 @@ def apply(model: nn.Module, config: IA3Config | None = None) -> Injection:
             wrapped by a minipeft method.
     """
     config = IA3Config() if config is None else config
-    if not isinstance(config, IA3Config):
-        raise ValueError(f"config must be an IA3Config, got {type(config).__name__}.")
+    config = check_config(config, IA3Config, IA3Config)
 
     # Everything is found and checked before the model is touched, so a bad config leaves it unchanged.
     candidates = find_modules(model, target=config.target_modules, exclude=config.exclude)
@@ -287,7 +288,5 @@ def apply(model: nn.Module, config: IA3Config | None = None) -> Injection:
 
     # Exact (escaped) names, so inject wraps precisely the linear layers chosen above.
     handle = inject(model, make_wrapper, target=[re.escape(n) for n in targets], method="ia3", config=config)
-    freeze(model)  # after injecting: a failed injection leaves requires_grad untouched too
-    for wrapper in handle.wrappers.values():
-        wrapper.ia3_l.requires_grad_(True)
+    handle.mark_trainable()  # after injecting: a failed injection leaves requires_grad untouched too
     return handle

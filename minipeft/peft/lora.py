@@ -42,9 +42,8 @@ convolution, so :math:`BA` is again a kernel of the base layer's shape).
 **HF peft compatibility.** Parameter names follow peft's, so a saved file maps onto peft's with a fixed prefix:
 our ``<path>.lora_A.weight`` is peft's on-disk key ``base_model.model.<path>.lora_A.weight`` (peft holds
 ``…lora_A.<adapter name>.weight`` in memory and strips the adapter name when saving); embeddings use
-``lora_embedding_A`` / ``lora_embedding_B`` (plain parameters, no ``.weight``). :func:`export_peft` writes an
-``adapter_config.json`` + ``adapter_model.safetensors`` folder that ``peft.PeftModel.from_pretrained`` loads, and
-:func:`import_peft` reads such a folder (from peft or from us) back into this file's layers.
+``lora_embedding_A`` / ``lora_embedding_B`` (plain parameters, no ``.weight``). ``minipeft.interop.peft_format``
+writes and reads peft's ``adapter_config.json`` + ``adapter_model.safetensors`` folders.
 
 Paper versus code (what to know when comparing with ``loralib`` — the paper's released code — and HF ``peft``):
 
@@ -64,14 +63,14 @@ Paper versus code (what to know when comparing with ``loralib`` — the paper's 
    choice of :math:`W_q, W_v`.
 5. *Target matching.* Our names follow ``minipeft.core.find_modules``: an entry matches a module whose name is the
    entry, ends with ``"." + entry``, or fully matches it as a regex. peft treats a *string* as a regex only and a
-   *list* as names/suffixes only. :func:`export_peft` writes target lists that mean the same module set to peft.
+   *list* as names/suffixes only. :func:`~minipeft.interop.peft_format.export_peft` writes target lists that mean the same module set to peft.
 6. *Convolutions.* peft builds a Conv2d's ``lora_A`` without the base layer's dilation; we pass dilation (and
    padding mode) on, which is what makes :math:`BA` mergeable into a dilated kernel. Grouped convolutions are
    refused. peft also wraps Conv1d/Conv3d, ``transformers``' GPT-2 ``Conv1D`` (``fan_in_fan_out``) and
    ``nn.MultiheadAttention``; we do not.
 7. *What peft has and we leave out:* several adapters on one model, ``rank_pattern`` / ``alpha_pattern``, bias
    training (``bias="all"``; here: ``minipeft.core.unfreeze(model, r"\.bias$")`` after :func:`apply`),
-   DoRA and other variants, quantised base layers. :func:`import_peft` refuses configs that use them.
+   DoRA and other variants, quantised base layers. :func:`minipeft.interop.peft_format.import_peft` refuses configs that use them.
 
 Chapter: Part II, "LoRA".
 """
@@ -79,28 +78,19 @@ Chapter: Part II, "LoRA".
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from ..core.inject import Injection, check_target_names, inject
-from ..core.io import atomic_write, load_weights, read_weights
-from ..core.params import freeze
+from ..core.contract import (Handle, MethodConfig, check_bool, check_choice, check_config, check_number,
+                             check_positive_int, check_probability, inject)
 
 SUPPORTED_TYPES = (nn.Linear, nn.Embedding, nn.Conv2d)
 INITS = ("kaiming", "gaussian")
-CONFIG_NAME = "adapter_config.json"  # peft's file names (peft/utils/constants.py)
-WEIGHTS_NAME = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."  # peft's on-disk keys: base_model.model.<module path>.lora_A.weight
 
 # target_modules=None: the attention query and value projections, as in the paper (and peft's per-model defaults).
 DEFAULT_TARGETS = {
@@ -116,7 +106,7 @@ DEFAULT_TARGETS = {
 
 
 @dataclass
-class LoraConfig:
+class LoraConfig(MethodConfig):
     """Where LoRA goes and how its update is sized and initialised.
 
     Args:
@@ -144,23 +134,16 @@ class LoraConfig:
     bias: str = "none"
 
     method = "lora"
+    load_ignores = ("dropout", "init")  # they shape training, not the trained adapter's outputs
 
     def __post_init__(self):
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise ValueError(f"r must be a positive integer (the rank of B A), got {self.r!r}; e.g. r=8.")
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not self.alpha > 0:
-            raise ValueError(
-                f"alpha must be a positive number (the update is scaled by alpha / r), got {self.alpha!r}; "
-                "e.g. alpha=8 (scale 1 at r=8) or alpha=2*r."
-            )
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}.")
-        check_target_names("target_modules", self.target_modules)
-        check_target_names("exclude", self.exclude)
-        if not isinstance(self.use_rslora, bool):
-            raise ValueError(f"use_rslora must be True or False, got {self.use_rslora!r}.")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
+        super().__post_init__()  # target_modules, exclude
+        check_positive_int("r", self.r, hint=" (the rank of B A); e.g. r=8")
+        check_number("alpha", self.alpha, low=0, low_inclusive=False,
+                     hint=" (the update is scaled by alpha / r); e.g. alpha=8 (scale 1 at r=8) or alpha=2*r")
+        check_probability("dropout", self.dropout)
+        check_bool("use_rslora", self.use_rslora)
+        check_choice("init", self.init, INITS)
         if self.bias != "none":
             raise ValueError(
                 f"bias={self.bias!r} is not supported: LoRA here trains only A and B. To train biases as well, call "
@@ -190,11 +173,12 @@ class LoraLayer(nn.Module):
     """
 
     minipeft_method = "lora"
+    adapter_tensor_names = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")  # what trains
+    can_merge = True
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, use_rslora: bool = False):
         super().__init__()
-        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-            raise ValueError(f"r must be a positive integer (the rank of B A), got {r!r}.")
+        check_positive_int("r", r, hint=" (the rank of B A)")
         self.base_layer = base_layer
         self.r = r
         self.alpha = alpha
@@ -208,10 +192,6 @@ class LoraLayer(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         raise NotImplementedError
-
-    def lora_parameters(self) -> list[nn.Parameter]:
-        """The trainable tensors: every parameter outside ``base_layer``."""
-        return [p for n, p in self.named_parameters() if not n.startswith("base_layer.")]
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -381,7 +361,7 @@ def _default_targets(model: nn.Module) -> tuple[str, ...]:
     return DEFAULT_TARGETS[model_type]
 
 
-def apply(model: nn.Module, config: LoraConfig | None = None) -> Injection:
+def apply(model: nn.Module, config: LoraConfig | None = None) -> Handle:
     """Wrap the target layers of ``model`` with LoRA in place, freeze everything else, and return the handle.
 
     Args:
@@ -389,207 +369,20 @@ def apply(model: nn.Module, config: LoraConfig | None = None) -> Injection:
         config: a :class:`LoraConfig` (default: ``r=8, alpha=8`` on the architecture's query/value projections).
 
     Returns:
-        an ``Injection``: ``merge()`` / ``unmerge()`` / ``unload()`` / ``undo()``, and ``state_dict()`` /
-        ``load_state_dict()`` for the LoRA factors (keys ``<path>.lora_A.weight`` …). ``handle.config`` is the
-        config with ``target_modules`` filled in. Only the LoRA factors are trainable.
+        a :class:`~minipeft.core.Handle`: ``merge()`` / ``unmerge()`` / ``unload()`` / ``undo()``, ``state_dict()`` /
+        ``load_state_dict()`` / ``save()`` / ``load()`` for the LoRA factors (keys ``<path>.lora_A.weight`` …).
+        ``handle.config`` is the config with ``target_modules`` filled in. Only the LoRA factors are trainable.
 
     Raises:
+        TypeError: ``config`` is not a :class:`LoraConfig`.
         ValueError: a target that matches no module (the message suggests close names), a module already wrapped,
             no default targets for this architecture, or a grouped convolution.
     """
-    config = LoraConfig() if config is None else config
-    if not isinstance(config, LoraConfig):
-        raise ValueError(f"config must be a LoraConfig, got {type(config).__name__}.")
+    config = check_config(config, LoraConfig, LoraConfig)
     if config.target_modules is None:
         config = dataclasses.replace(config, target_modules=_default_targets(model))
-    # LoraLayer is in the types so that a layer wrapped already is found, and refused by inject ("already wrapped").
+    # LoraLayer is in the types so that a layer wrapped already is found, and refused ("already wrapped").
     handle = inject(model, lambda name, module: make_lora_layer(module, config), target=config.target_modules,
                     types=SUPPORTED_TYPES + (LoraLayer,), exclude=config.exclude, method="lora", config=config)
-    # Freeze after injecting, so a failed injection leaves requires_grad untouched too.
-    freeze(model)
-    for wrapper in handle.wrappers.values():
-        for parameter in wrapper.lora_parameters():
-            parameter.requires_grad_(True)
-    return handle
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# HF peft's folder format
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def _lora_layers(model_or_handle) -> tuple[nn.Module, dict[str, LoraLayer]]:
-    if isinstance(model_or_handle, Injection):
-        if model_or_handle.method != "lora":
-            raise ValueError(f"export_peft exports LoRA, but this handle holds {model_or_handle.method!r}.")
-        model, layers = model_or_handle.model, dict(model_or_handle.wrappers)
-    else:
-        model = model_or_handle
-        layers = {n: m for n, m in model.named_modules() if n and isinstance(m, LoraLayer)}
-    if not layers:
-        raise ValueError("there are no LoRA layers to export (apply(model, LoraConfig(...)) first; was it unloaded?).")
-    return model, layers
-
-
-def _peft_target_list(model: nn.Module, wrapped: set[str]) -> list[str]:
-    """A ``target_modules`` list that selects exactly ``wrapped`` under peft's rule (name == entry or ends with
-    ``"." + entry``) on the un-wrapped model: the short names (``["q_proj", "v_proj"]``) when they are enough,
-    otherwise the full module paths."""
-    original = [n for n, _ in model.named_modules() if n and not any(n.startswith(w + ".") for w in wrapped)]
-    short = sorted({n.rsplit(".", 1)[-1] for n in wrapped})
-    selected = {n for n in original if n.rsplit(".", 1)[-1] in short}
-    return short if selected == wrapped else sorted(wrapped)
-
-
-def export_peft(model_or_handle, directory: str | os.PathLike, base_model_name_or_path: str | None = None,
-                task_type: str | None = "auto") -> Path:
-    """Write the LoRA layers of a model as an HF peft adapter folder; return the folder.
-
-    Writes ``adapter_config.json`` (peft's ``LoraConfig`` fields) and ``adapter_model.safetensors`` (keys
-    ``base_model.model.<module path>.lora_A.weight`` …, metadata ``{"format": "pt"}``), each atomically. Load it with
-    ``peft.PeftModel.from_pretrained(base_model, directory)`` or :func:`import_peft`.
-
-    Args:
-        model_or_handle: the ``Injection`` from :func:`apply`, or a model containing LoRA layers (all with the same
-            ``r``, ``alpha`` and rsLoRA setting — peft's per-layer ``rank_pattern`` is not written).
-        directory: the output folder (created if needed).
-        base_model_name_or_path: recorded in the config (default: the model's ``name_or_path``, if any).
-        task_type: peft's ``task_type``. ``"auto"``: ``"CAUSAL_LM"`` for a ``…ForCausalLM`` model, otherwise
-            ``None`` (a plain ``PeftModel``). Any other value is written as given.
-    """
-    model, layers = _lora_layers(model_or_handle)
-    settings = {(layer.r, layer.alpha, layer.use_rslora) for layer in layers.values()}
-    if len(settings) != 1:
-        raise ValueError(
-            f"the LoRA layers use different (r, alpha, use_rslora) settings {sorted(settings)}; peft's single-config "
-            "export needs one setting for all layers."
-        )
-    r, alpha, use_rslora = settings.pop()
-    dropouts = {getattr(getattr(layer, "lora_dropout", None), "p", 0.0) for layer in layers.values()}
-    init = model_or_handle.config.init if isinstance(model_or_handle, Injection) else "kaiming"
-    if task_type == "auto":
-        task_type = "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else None
-    if base_model_name_or_path is None:
-        base_model_name_or_path = getattr(model, "name_or_path", None) or None
-
-    config = {
-        "peft_type": "LORA",
-        "task_type": task_type,
-        "base_model_name_or_path": base_model_name_or_path,
-        "r": r,
-        "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
-        "lora_dropout": max(dropouts),
-        "target_modules": _peft_target_list(model, set(layers)),
-        "exclude_modules": None,  # the exclusions are already resolved in target_modules
-        "use_rslora": use_rslora,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "init_lora_weights": True if init == "kaiming" else "gaussian",
-        "inference_mode": True,
-        "modules_to_save": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "use_dora": False,
-        "lora_bias": False,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "revision": None,
-    }
-    tensors = {}
-    for name, layer in layers.items():
-        for key in ("lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B"):
-            tensor = layer.state_dict().get(key)
-            if tensor is not None:  # our names are peft's on-disk names, behind peft's fixed prefix
-                tensors[f"{PEFT_PREFIX}{name}.{key}"] = tensor.detach().to("cpu").contiguous()
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(config, indent=2, sort_keys=True)
-    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    return directory
-
-
-# peft config fields whose non-default values change the model in ways this file does not reproduce.
-_UNSUPPORTED = {
-    "use_dora": "DoRA", "lora_bias": "a bias on lora_B", "fan_in_fan_out": "fan_in_fan_out (GPT-2 Conv1D)",
-    "rank_pattern": "per-layer ranks (rank_pattern)", "alpha_pattern": "per-layer alphas (alpha_pattern)",
-    "modules_to_save": "fully trained extra modules (modules_to_save)", "layers_to_transform": "layers_to_transform",
-    "target_parameters": "target_parameters", "layer_replication": "layer_replication",
-    "trainable_token_indices": "trainable_token_indices", "alora_invocation_tokens": "aLoRA", "use_qalora": "QA-LoRA",
-}
-
-
-def _peft_match(name: str, patterns) -> bool:
-    """peft's rule: a string is a regex that must match the whole name; a list holds names or name suffixes."""
-    if isinstance(patterns, str):
-        return re.fullmatch(patterns, name) is not None
-    return any(name == p or name.endswith("." + p) for p in patterns)
-
-
-def import_peft(model: nn.Module, directory: str | os.PathLike) -> Injection:
-    """Apply LoRA to ``model`` as described by a peft adapter folder and load its weights; return the handle.
-
-    Reads ``adapter_config.json`` and ``adapter_model.safetensors`` (written by peft's ``save_pretrained`` or by
-    :func:`export_peft`), wraps the modules peft would wrap (peft's matching rules), and loads the factors. Base
-    weights saved alongside (peft saves a targeted embedding's table) are loaded into the base layer, as peft does.
-    All names and shapes are checked first; on any mismatch the model is left as it was.
-
-    Raises:
-        ValueError: not a LoRA folder, a peft feature this file does not implement (DoRA, rank_pattern, …), target
-            modules not in the model, or tensors that do not fit it (wrong base model, rank or width).
-        FileNotFoundError: a missing file (only safetensors is read, never pickled ``.bin`` files).
-    """
-    directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    if not config_path.exists():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is this a peft adapter folder?")
-    if not weights_path.exists():
-        hint = " (only adapter_model.bin is there: load and re-save it with peft, safe_serialization=True)" if (
-            directory / "adapter_model.bin").exists() else ""
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}{hint}.")
-    saved = json.loads(config_path.read_text())
-    if saved.get("peft_type") != "LORA":
-        raise ValueError(f"{config_path} describes a {saved.get('peft_type')!r} adapter, not LoRA.")
-    used = [what for key, what in _UNSUPPORTED.items() if saved.get(key)]
-    if used or saved.get("bias", "none") != "none":
-        raise ValueError(f"this adapter uses {', '.join(used) or 'trained biases'}, which minipeft's LoRA does not "
-                         "implement; load it with peft instead.")
-    targets = saved.get("target_modules")
-    if not targets or targets == "all-linear":
-        raise ValueError(f"target_modules={targets!r} in {config_path}: give the module names explicitly.")
-    exclude = saved.get("exclude_modules") or []
-
-    names = [n for n, _ in model.named_modules() if n and _peft_match(n, targets) and not _peft_match(n, exclude)]
-    if not names:
-        raise ValueError(f"none of target_modules={targets!r} is in this {type(model).__name__}; is it the base model "
-                         "the adapter was trained on?")
-    unsupported = [f"{n} ({type(model.get_submodule(n)).__name__})" for n in names
-                   if not isinstance(model.get_submodule(n), SUPPORTED_TYPES)]
-    if unsupported:
-        raise ValueError(f"the adapter targets {unsupported[0]}, a layer type minipeft's LoRA does not wrap "
-                         "(Linear, Embedding, Conv2d only).")
-
-    config = LoraConfig(r=saved["r"], alpha=saved.get("lora_alpha", 8), dropout=saved.get("lora_dropout", 0.0),
-                        target_modules=[re.escape(n) for n in names],  # exactly the modules peft would wrap
-                        use_rslora=bool(saved.get("use_rslora", False)))
-    tensors, _ = read_weights(weights_path)
-    foreign = sorted(k for k in tensors if not k.startswith(PEFT_PREFIX))
-    if foreign:
-        raise ValueError(f"{weights_path} has the key {foreign[0]!r}, not a peft LoRA key (base_model.model.…).")
-    state = {key[len(PEFT_PREFIX):]: value for key, value in tensors.items()}
-
-    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    handle = apply(model, config)
-    try:
-        missing = sorted(set(handle.state_dict()) - set(state))
-        if missing:
-            raise ValueError(f"cannot load: {weights_path} has no tensor for {missing[0]!r} ({len(missing)} missing); "
-                             "was it saved from a different model?")
-        load_weights(model, state, strict=False)  # checks every name and shape before copying anything
-    except BaseException:
-        handle.undo()  # put the original modules back and their requires_grad flags, as if nothing happened
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(requires_grad[name])
-        raise
+    handle.mark_trainable()  # after wrapping, so a failed injection leaves requires_grad untouched too
     return handle

@@ -123,8 +123,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.inject import Injection, inject
-from ..core.params import freeze
+from ..core.contract import Handle, MethodConfig, check_config, inject
 
 # variant -> (what F is, what G is, default lambda_, default beta, swap the halves at the layer's output)
 VARIANTS = {
@@ -147,7 +146,7 @@ def _positive(value, name: str, hint: str) -> float:
 
 
 @dataclass
-class MEFTConfig:
+class MEFTConfig(MethodConfig):
     """MEFT: which reversible architecture, how big the adapters are, how the layers are scaled and run.
 
     Args:
@@ -515,6 +514,10 @@ class ReversibleEncoder(nn.Module):
     """
 
     minipeft_method = "meft"
+    adapter_tensor_names = ("adapter",)  # the MEFT adapters inside the reversible layers
+    can_merge = False
+    merge_refusal = ("it changes the architecture (two streams, the scale factors lambda_ and beta, a doubled "
+                     "input), so no plain BERT computes the same function")
 
     def __init__(self, base_layer: nn.Module, config: MEFTConfig):
         super().__init__()
@@ -539,12 +542,6 @@ class ReversibleEncoder(nn.Module):
         # Which half holds the PLM's hidden state after the last layer: y1 for MEFT1 and y2 for MEFT3 sit second;
         # MEFT2's PLM stream is y2, which the swap puts first.
         self.pretrained_half = 0 if config.variant == 2 else 1
-
-    def merge(self):
-        raise NotImplementedError(
-            "MEFT cannot be merged: it changes the architecture (two streams, the scale factors lambda_ and beta, "
-            "a doubled input), so no plain BERT computes the same function. Use handle.undo() to get the base back."
-        )
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | None = None, past_key_values=None, use_cache=None, **kwargs):
@@ -586,7 +583,7 @@ def _is_bert_encoder(module: nn.Module) -> bool:
                and hasattr(layer, "intermediate") and hasattr(layer, "output") for layer in layers)
 
 
-def apply(model: nn.Module, config: MEFTConfig | None = None) -> Injection:
+def apply(model: nn.Module, config: MEFTConfig | None = None) -> Handle:
     """Make the BERT encoder(s) inside ``model`` reversible with MEFT adapters, freeze the rest, return the handle.
 
     Args:
@@ -595,7 +592,7 @@ def apply(model: nn.Module, config: MEFTConfig | None = None) -> Injection:
         config: a :class:`MEFTConfig` (default: MEFT1, adapter width 8, λ = 0.1, β = 1).
 
     Returns:
-        an ``Injection`` whose ``wrappers`` map the encoder's name to its :class:`ReversibleEncoder`:
+        an ``Handle`` whose ``wrappers`` map the encoder's name to its :class:`ReversibleEncoder`:
         ``state_dict()`` / ``load_state_dict()`` for the adapters, ``undo()`` to restore the base model.
         ``merge()`` / ``unload()`` raise ``NotImplementedError``.
 
@@ -604,8 +601,7 @@ def apply(model: nn.Module, config: MEFTConfig | None = None) -> Injection:
             the number of layers, or an encoder that is already wrapped.
     """
     config = MEFTConfig() if config is None else config
-    if not isinstance(config, MEFTConfig):
-        raise ValueError(f"config must be a MEFTConfig, got {type(config).__name__}.")
+    config = check_config(config, MEFTConfig, MEFTConfig)
     encoders = [(n, m) for n, m in model.named_modules() if n and _is_bert_encoder(m)]
     if not encoders:
         raise ValueError(
@@ -624,9 +620,5 @@ def apply(model: nn.Module, config: MEFTConfig | None = None) -> Injection:
 
     handle = inject(model, lambda name, encoder: ReversibleEncoder(encoder, config),
                     target=[re.escape(n) for n, _ in encoders], method="meft", config=config)
-    freeze(model)
-    for wrapper in handle.wrappers.values():
-        for name, parameter in wrapper.named_parameters():
-            if not name.startswith("base_layer."):  # the wrapper registers only the adapters outside base_layer
-                parameter.requires_grad_(True)
+    handle.mark_trainable()
     return handle

@@ -95,8 +95,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.io import load_weights
-from ..core.params import freeze
+from ..core.contract import Handle, MethodConfig
 
 ATTRIBUTE = "minipeft_prompt"  # where the trainable module lives inside the model
 
@@ -120,7 +119,7 @@ def _check_size(name: str, value) -> None:
 
 
 @dataclass
-class PrefixTuningConfig:
+class PrefixTuningConfig(MethodConfig):
     """Prefix tuning: ``P`` learned key/value positions in every layer's attention.
 
     Args:
@@ -145,6 +144,7 @@ class PrefixTuningConfig:
     init_text: str | None = None
 
     method = "prefix"
+    load_ignores = ("init", "init_text")  # how the prefix started, not what it is now
 
     def __post_init__(self):
         _check_tokens(self.num_virtual_tokens)
@@ -171,7 +171,7 @@ class PrefixTuningConfig:
 
 
 @dataclass
-class PromptTuningConfig:
+class PromptTuningConfig(MethodConfig):
     """Prompt tuning: ``P`` learned input embeddings in front of the real tokens.
 
     Args:
@@ -186,6 +186,7 @@ class PromptTuningConfig:
     init_text: str | None = None
 
     method = "prompt"
+    load_ignores = ("init", "init_text")
 
     def __post_init__(self):
         _check_tokens(self.num_virtual_tokens)
@@ -199,7 +200,7 @@ class PromptTuningConfig:
 
 
 @dataclass
-class PTuningConfig:
+class PTuningConfig(MethodConfig):
     """P-tuning: ``P`` virtual input tokens produced by a prompt encoder (MLP or bidirectional LSTM + MLP).
 
     Args:
@@ -412,30 +413,27 @@ def _prefix_from_text(model: nn.Module, token_ids: list[int]) -> tuple[torch.Ten
 # ------------------------------------------------------------------------------------------------------------------
 
 
-class PromptHandle:
-    """What :func:`apply` returns for a prompt-style method: the forward hook plus the shared verbs.
+class PromptHandle(Handle):
+    """What :func:`apply` returns for a prompt-style method: a :class:`~minipeft.core.Handle` (the trainable module
+    attached as ``model.minipeft_prompt``, the two forward hooks) plus what only prompts need:
 
-    * ``state_dict()`` / ``load_state_dict()`` — the method's tensors, named as in the model
-      (``minipeft_prompt.prompt_embeddings``, …); loading checks every name and shape first, all or nothing;
-    * ``undo()`` — remove the hook and the module, restore ``requires_grad``: the model is as before ``apply``;
-    * ``merge()`` / ``unmerge()`` — raise ``NotImplementedError``: there is no weight to fold a prompt into;
     * ``strip_virtual_tokens(logits)`` — drop the ``P`` virtual positions a first-step call returns (prompt
-      tuning and P-tuning; a no-op for prefix tuning).
+      tuning and P-tuning; a no-op for prefix tuning);
+    * ``export_prompt_embeddings()`` — the virtual tokens as peft saves them.
+
+    ``merge()`` / ``unload()`` raise :class:`~minipeft.core.CannotMergeError`: a prompt is not a weight update.
     """
 
-    merged = False
-
-    def __init__(self, model: nn.Module, config, module: nn.Module, requires_grad: dict[str, bool]):
-        self.model = model
-        self.config = config
-        self.method = config.method
+    def __init__(self, model: nn.Module, config, module: nn.Module):
+        super().__init__(model, config)
         self.module = module
         self.num_virtual_tokens = config.num_virtual_tokens
-        self._requires_grad = requires_grad
         self._positional = list(inspect.signature(model.forward).parameters)
-        self._hook = model.register_forward_pre_hook(self._rewrite, with_kwargs=True)
-        self._after_hook = model.register_forward_hook(self._drop_unwanted_cache)
         self._made_unwanted_cache = False
+        hooks = [model.register_forward_pre_hook(self._rewrite, with_kwargs=True),
+                 model.register_forward_hook(self._drop_unwanted_cache)]
+        self.attach(ATTRIBUTE, module, hooks)  # a submodule: .parameters(), .to() and .train() see it
+        self.mark_trainable()
 
     # -- the hook --------------------------------------------------------------------------------------------------
 
@@ -525,11 +523,7 @@ class PromptHandle:
             cache.update(k, v, layer)
         return cache
 
-    # -- the shared verbs ------------------------------------------------------------------------------------------
-
-    def _check_active(self) -> None:
-        if self._hook is None:
-            raise ValueError(f"this {self.method} handle was undone; apply the method again.")
+    # -- what only prompts need -----------------------------------------------------------------------------------
 
     def strip_virtual_tokens(self, tensor: torch.Tensor) -> torch.Tensor:
         """Drop the ``P`` leading virtual positions from a first-step output (logits or hidden states).
@@ -541,52 +535,16 @@ class PromptHandle:
             return tensor
         return tensor[:, self.num_virtual_tokens:]
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The method's own tensors, keyed by their names in the model (``minipeft_prompt.<name>``)."""
-        self._check_active()
-        return {f"{ATTRIBUTE}.{k}": v for k, v in self.module.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load tensors saved by :meth:`state_dict`; every name and shape is checked before anything changes."""
-        expected = set(self.state_dict())
-        unknown, missing = sorted(set(state) - expected), sorted(expected - set(state))
-        if unknown or missing:
-            key = (unknown or missing)[0]
-            what = "is not part of this" if unknown else "is missing for this"
-            raise ValueError(f"cannot load: {key!r} {what} {self.method} configuration (wrong model or config?).")
-        load_weights(self.model, state, strict=False)  # checks every shape first, then copies
-
     def export_prompt_embeddings(self) -> torch.Tensor:
         """The virtual tokens as peft saves them (key ``prompt_embeddings``): ``(P, d)`` for prompt tuning and
         P-tuning (the encoder's output), ``(P, layers * 2 * kv_heads * head_dim)`` for prefix tuning."""
-        self._check_active()
+        self.check_active()
         with torch.no_grad():
             table = self.module.flat() if self.method == "prefix" else self.module()
         return table.detach().cpu().clone()
 
-    def merge(self):
-        raise NotImplementedError(
-            f"{self.method} cannot be merged: its virtual tokens are extra inputs (or cached keys and values), "
-            "not a change to any weight. Keep the handle active, or undo() it to get the base model back."
-        )
-
-    def unmerge(self):
-        raise NotImplementedError(f"{self.method} is never merged (a prompt is not a weight update).")
-
-    def undo(self) -> nn.Module:
-        """Remove the hook and the trainable module and restore every parameter's ``requires_grad``."""
-        self._check_active()
-        self._hook.remove()
-        self._after_hook.remove()
-        self._hook = None
-        delattr(self.model, ATTRIBUTE)
-        for name, parameter in self.model.named_parameters():
-            if name in self._requires_grad:
-                parameter.requires_grad_(self._requires_grad[name])
-        return self.model
-
     def __repr__(self) -> str:
-        state = "undone" if self._hook is None else f"{sum(p.numel() for p in self.module.parameters()):,} parameters"
+        state = "undone" if not self.active else f"{self.num_parameters():,} parameters"
         return f"PromptHandle(method={self.method!r}, num_virtual_tokens={self.num_virtual_tokens}, {state})"
 
 
@@ -653,10 +611,5 @@ def apply(model: nn.Module, config, tokenizer=None) -> PromptHandle:
             module = PromptEncoder(config, d_model)
 
     device = model.get_input_embeddings().weight.device
-    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    freeze(model)
     module.to(device).train(model.training)  # follow the model's train/eval mode (LSTM dropout)
-    model.add_module(ATTRIBUTE, module)  # a submodule: .parameters(), .to() and .train() see it
-    for parameter in module.parameters():
-        parameter.requires_grad_(True)
-    return PromptHandle(model, config, module, requires_grad)
+    return PromptHandle(model, config, module)

@@ -105,8 +105,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.inject import Injection, check_target_names, find_modules, inject
-from ..core.params import freeze
+from ..core.contract import Handle, MethodConfig, check_config, check_target_names, inject
+from ..core.inject import find_modules
 
 PROTOTYPES = ("adapter", "lora")
 SHARES = ("shape", "name")
@@ -172,7 +172,7 @@ def _positive_int(name: str, value, hint: str) -> None:
 
 
 @dataclass
-class ProPETLConfig:
+class ProPETLConfig(MethodConfig):
     """A shared prototype, where it goes, and how its masks are learned.
 
     Args:
@@ -343,6 +343,8 @@ class MaskedLayer(nn.Module):
                 else:
                     nn.init.uniform_(tensor, -1.0, 1.0)
             setattr(self, f"{name}_scores", scores)
+        # What trains: the prototype (registered in one layer only, so it is counted once) and this layer's scores.
+        self.adapter_tensor_names = ("prototype",) + tuple(f"{name}_scores" for name in prototype.masked)
 
     def scores(self, name: str, task: str | None = None) -> nn.Parameter:
         """The score tensor of prototype weight ``name`` for ``task`` (default: the active task)."""
@@ -351,11 +353,6 @@ class MaskedLayer(nn.Module):
     def masks(self, task: str | None = None) -> dict[str, torch.Tensor]:
         """``{name: 0/1 mask}`` for the active task (or ``task``), differentiable (straight through) to the scores."""
         return {name: TopKMask.apply(self.scores(name, task), self.keep_fraction) for name in self.prototype.masked}
-
-    def propetl_parameters(self) -> list[nn.Parameter]:
-        """The trainable tensors this layer uses: the (shared) prototype's and its own scores."""
-        own = [p for n, p in self.named_parameters() if not n.startswith(("base_layer.", "prototype."))]
-        return list(self.prototype.parameters()) + own
 
     def extra_repr(self) -> str:
         shared = "owns prototype" if self.owns_prototype else "shares prototype"
@@ -367,6 +364,9 @@ class MaskedAdapterLayer(MaskedLayer):
     M_{up}) + b_{up}\big]` with this layer's masks for the active task. Cannot be merged (``f`` is non-linear)."""
 
     merged = False
+    can_merge = False
+    merge_refusal = ("its update f(h W_down) W_up passes through the non-linearity f, so no weight matrix "
+                     "reproduces it; use prototype='lora' for a mergeable ProPETL")
 
     def __init__(self, base_layer: nn.Linear, prototype: AdapterPrototype, owns_prototype: bool,
                  tasks: Sequence[str], keep_fraction: float, mask_init: str = "kaiming", scaling: float = 1.0):
@@ -378,16 +378,6 @@ class MaskedAdapterLayer(MaskedLayer):
         dtype = self.prototype.down.weight.dtype  # fp32 even on a half-precision base
         update = self.prototype(y.to(dtype), self.masks())  # (..., d)
         return y + (self.scaling * update).to(y.dtype)
-
-    def merge(self) -> None:
-        raise NotImplementedError(
-            "a ProPETL adapter prototype cannot be merged: its update f(h W_down) W_up passes through the "
-            "non-linearity f, so no weight matrix reproduces it. Use prototype='lora' for a mergeable ProPETL, "
-            "or handle.undo() to remove the adapters."
-        )
-
-    def unmerge(self) -> None:
-        raise NotImplementedError("a ProPETL adapter prototype is never merged (see merge()).")
 
 
 class MaskedLoraLinear(MaskedLayer):
@@ -401,6 +391,7 @@ class MaskedLoraLinear(MaskedLayer):
         super().__init__(base_layer, prototype, owns_prototype, tasks, keep_fraction, mask_init)
         self.scaling = alpha / r
         self.merged = False
+        self.can_merge = True
 
     def delta_weight(self) -> torch.Tensor:
         """:math:`\\frac{\\alpha}{r}(B \\odot M_B)(A \\odot M_A)` for the active task, fp32, shape ``(d, k)``."""
@@ -447,11 +438,11 @@ def _default_targets(model: nn.Module, prototype: str) -> tuple[str, ...]:
     return defaults[model_type]
 
 
-def apply(model: nn.Module, config: ProPETLConfig | None = None) -> Injection:
+def apply(model: nn.Module, config: ProPETLConfig | None = None) -> Handle:
     """Share one prototype per shape group across the target layers, give each layer its masks; freeze the rest.
 
     Returns:
-        an ``Injection`` (method ``"propetl"``): ``state_dict()`` holds each prototype once (under the first layer
+        an ``Handle`` (method ``"propetl"``): ``state_dict()`` holds each prototype once (under the first layer
         of its group) and every layer's scores; ``merge()`` works for a LoRA prototype and raises for an adapter;
         ``undo()`` restores the model. ``handle.config`` has ``target_modules`` filled in. Only the prototypes
         and the scores are trainable.
@@ -461,8 +452,7 @@ def apply(model: nn.Module, config: ProPETLConfig | None = None) -> Injection:
             wrapped, no default targets for this architecture, or a reduction factor larger than the width.
     """
     config = ProPETLConfig() if config is None else config
-    if not isinstance(config, ProPETLConfig):
-        raise ValueError(f"config must be a ProPETLConfig, got {type(config).__name__}.")
+    config = check_config(config, ProPETLConfig, ProPETLConfig)
     if config.target_modules is None:
         config = dataclasses.replace(config, target_modules=_default_targets(model, config.prototype))
 
@@ -493,22 +483,19 @@ def apply(model: nn.Module, config: ProPETLConfig | None = None) -> Injection:
     # MaskedLayer is in the types so that a layer wrapped already is found, and refused by inject ("already wrapped").
     handle = inject(model, make_wrapper, target=config.target_modules, types=(nn.Linear, MaskedLayer),
                     exclude=config.exclude, method="propetl", config=config)
-    freeze(model)  # after injecting, so a failed injection leaves requires_grad untouched
-    for wrapper in handle.wrappers.values():
-        for parameter in wrapper.propetl_parameters():
-            parameter.requires_grad_(True)
+    handle.mark_trainable()  # after injecting, so a failed injection leaves requires_grad untouched
     return handle
 
 
-def _wrappers(handle: Injection) -> dict[str, MaskedLayer]:
-    if not isinstance(handle, Injection) or handle.method != "propetl":
+def _wrappers(handle: Handle) -> dict[str, MaskedLayer]:
+    if not isinstance(handle, Handle) or handle.method != "propetl":
         raise ValueError(f"expected the handle returned by propetl.apply, got {getattr(handle, 'method', handle)!r}.")
     if not handle.wrappers:
         raise ValueError("this ProPETL handle no longer wraps anything (it was undone or unloaded).")
     return dict(handle.wrappers)
 
 
-def set_task(handle: Injection, task: str) -> None:
+def set_task(handle: Handle, task: str) -> None:
     """Make every layer use its masks for ``task`` (one of ``handle.config.tasks``)."""
     wrappers = _wrappers(handle)
     if task not in handle.config.tasks:
@@ -519,7 +506,7 @@ def set_task(handle: Injection, task: str) -> None:
         wrapper.active_task = task
 
 
-def prototypes(handle: Injection) -> list[nn.Module]:
+def prototypes(handle: Handle) -> list[nn.Module]:
     """The distinct shared prototypes, in the order of their first layer."""
     unique: dict[int, nn.Module] = {}
     for wrapper in _wrappers(handle).values():
@@ -527,7 +514,7 @@ def prototypes(handle: Injection) -> list[nn.Module]:
     return list(unique.values())
 
 
-def optimizer_groups(handle: Injection, lr: float, mask_lr: float, weight_decay: float = 0.0) -> list[dict]:
+def optimizer_groups(handle: Handle, lr: float, mask_lr: float, weight_decay: float = 0.0) -> list[dict]:
     """Two optimiser groups: the prototypes' parameters at ``lr`` and all mask scores at ``mask_lr``."""
     prototype_parameters = [p for proto in prototypes(handle) for p in proto.parameters()]
     scores = [p for w in _wrappers(handle).values() for n, p in w.named_parameters() if "_scores." in n]
@@ -575,7 +562,7 @@ class StorageReport:
                 f"ratio {100 * self.ratio:.1f}%")
 
 
-def storage_report(handle: Injection) -> StorageReport:
+def storage_report(handle: Handle) -> StorageReport:
     """Count what must be stored: each prototype once (fp32) and one bit per mask entry, over layers and tasks."""
     wrappers = _wrappers(handle)
     tasks = len(handle.config.tasks)
@@ -586,7 +573,7 @@ def storage_report(handle: Injection) -> StorageReport:
     return StorageReport(prototype_floats, mask_bits, len(wrappers), tasks, unshared)
 
 
-def export_masks(handle: Injection) -> dict[str, torch.Tensor]:
+def export_masks(handle: Handle) -> dict[str, torch.Tensor]:
     """The boolean masks of every layer and task — what ProPETL stores besides the prototype.
 
     Keys are ``<layer>.<weight>_mask.<task>`` (e.g. ``encoder.layer.0.output.dense.down_mask.default``); values are
@@ -601,7 +588,7 @@ def export_masks(handle: Injection) -> dict[str, torch.Tensor]:
     return masks
 
 
-def load_masks(handle: Injection, masks: dict[str, torch.Tensor]) -> None:
+def load_masks(handle: Handle, masks: dict[str, torch.Tensor]) -> None:
     """Set every layer's scores so that the forward pass reproduces ``masks`` (from :func:`export_masks`) exactly.
 
     A stored mask holds exactly ``kept_count(n, k)`` ones, so scores equal to the mask (1 where kept, 0 elsewhere)

@@ -16,7 +16,8 @@ from torch import nn
 peft = pytest.importorskip("peft")
 
 from minipeft.models import tiny_bert, tiny_llama  # noqa: E402
-from minipeft.peft.lora import LoraConfig, apply, export_peft, import_peft  # noqa: E402
+from minipeft.interop.peft_format import export_peft, import_peft  # noqa: E402
+from minipeft.peft.lora import LoraConfig, apply  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 

@@ -224,7 +224,7 @@ def test_at_init_only_the_up_projection_gets_a_gradient():
 def test_merge_and_unload_raise_not_implemented():
     model = tiny_bert()
     handle = apply(model, AdapterConfig("houlsby"))
-    with pytest.raises(NotImplementedError, match="adapter cannot merge"):
+    with pytest.raises(NotImplementedError, match="adapter cannot be merged"):
         handle.merge()
     with pytest.raises(NotImplementedError):
         handle.unload()

@@ -358,7 +358,7 @@ def test_non_linear_targets_and_double_application_raise():
         apply(tiny_llama(), IA3Config(target_modules=["mlp"], feedforward_modules=[]))
     with pytest.raises(TypeError, match="nn.Linear"):
         IA3Linear(nn.LayerNorm(4))
-    with pytest.raises(ValueError, match="IA3Config"):
+    with pytest.raises(TypeError, match="IA3Config"):
         apply(tiny_llama(), {"target_modules": ["k_proj"]})
     model = tiny_llama()
     apply(model)

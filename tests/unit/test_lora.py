@@ -17,9 +17,8 @@ from minipeft.peft.lora import (
     LoraLayer,
     LoraLinear,
     apply,
-    export_peft,
-    import_peft,
 )
+from minipeft.interop.peft_format import export_peft, import_peft
 
 VOCAB = 256  # tiny_llama / tiny_bert vocabulary
 
@@ -42,8 +41,7 @@ def randomise(handle, seed=3, std=0.3):
     """Random values in every LoRA factor (B included), so a test cannot pass at the zero-B starting point."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for wrapper in handle.wrappers.values():
-            for parameter in wrapper.lora_parameters():
+        for parameter in handle.parameters():
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
 
 

@@ -422,9 +422,9 @@ def test_merge_and_unload_raise_not_implemented_and_change_nothing():
     tokens = ids()
     with torch.no_grad():
         before = model(input_ids=tokens).last_hidden_state
-    with pytest.raises(NotImplementedError, match="MEFT cannot be merged"):
+    with pytest.raises(NotImplementedError, match="meft cannot be merged"):
         handle.merge()
-    with pytest.raises(NotImplementedError, match="MEFT cannot be merged"):
+    with pytest.raises(NotImplementedError, match="meft cannot be merged"):
         handle.unload()
     assert not handle.merged and isinstance(model.encoder, ReversibleEncoder)
     with torch.no_grad():

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from minipeft.core import count_parameters, freeze, parameter_groups, parameter_report, unfreeze
+from minipeft.core import count_parameters, freeze, optimizer_groups, parameter_report, unfreeze
 from minipeft.core.params import decay_groups
 from minipeft.models import tiny_llama
 
@@ -45,15 +45,15 @@ def test_tied_parameters_counted_once():
     assert parameter_report(model).total == 40 == count_parameters(model)
 
 
-def test_parameter_groups_decay_only_matrices():
+def test_optimizer_groups_decay_only_matrices():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
-    groups = parameter_groups(model, weight_decay=0.1)
+    groups = optimizer_groups(model, weight_decay=0.1)
     decay = {id(p) for p in groups[0]["params"]}
     assert groups[0]["weight_decay"] == 0.1 and decay == {id(model[0].weight)}
     assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 3
     freeze(model)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        parameter_groups(model)
+        optimizer_groups(model)
 
 
 def test_decay_groups_split_named_parameters_and_carry_options():

@@ -510,5 +510,5 @@ def test_apply_errors():
         apply(tiny_bert(), config("adapter", reduction_factor=128))
     with pytest.raises(ValueError, match="no adapter default"):
         apply(nn.Sequential(nn.Linear(4, 4)), config("adapter"))
-    with pytest.raises(ValueError, match="ProPETLConfig"):
+    with pytest.raises(TypeError, match="ProPETLConfig"):
         apply(tiny_bert(), object())

@@ -87,7 +87,7 @@ def test_resume_rejects_a_checkpoint_of_another_model(tmp_path):
     train(model, data, loss_fn, config(steps=5, checkpoint=str(checkpoint)))
     other = nn.Sequential(nn.Linear(6, 2))
     with pytest.raises(ValueError, match="does not fit this model"):
-        train(other, data, loss_fn, config(steps=10, checkpoint=str(checkpoint), resume=True))
+        train(other, data, loss_fn, config(steps=5, checkpoint=str(checkpoint), resume=True))
 
 
 def test_only_trainable_parameters_change():
