@@ -111,6 +111,7 @@ print(f"scale={SCALE}  seed={SEED}  device={DEVICE}  {SIZES}")
 
 # %%
 from minipeft.core import show_source
+from minipeft.multimodal import llama_adapter_v2
 from minipeft.peft import llama_adapter
 
 show_source(llama_adapter.AdaptedAttention.forward)
@@ -149,7 +150,7 @@ show_source(VisualProjection.forward)
 # `parameter_groups(handle)` returns V2's two disjoint groups; which tensors land in which group depends on the fusion:
 
 # %%
-show_source(llama_adapter.parameter_groups)
+show_source(llama_adapter_v2.disjoint_groups)
 
 # %% [markdown]
 # ## 10.3 The papers' parameter counts, reproduced without weights
@@ -159,7 +160,7 @@ show_source(llama_adapter.parameter_groups)
 # the real code, not of a formula.
 
 # %%
-from minipeft.peft.llama_adapter import count_llama_adapter_parameters
+from minipeft.multimodal.llama_adapter_v2 import count_llama_adapter_parameters
 
 LLAMA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
             "vocab_size": 32000}
@@ -230,14 +231,14 @@ variants = {
 }
 checks = {}
 for name, config in variants.items():
-    handle = llama_adapter.apply(llm, config)
+    handle = llama_adapter_v2.apply(llm, config)
     with torch.no_grad():
         if handle.has_visual:
             with handle.visual_features(fake_image):
                 logits = llm(**check_batch).logits
         else:
             logits = llm(**check_batch).logits
-    groups = llama_adapter.parameter_groups(handle, names=True)
+    groups = llama_adapter_v2.disjoint_groups(handle, names=True)
     checks[name] = {"diff": (logits - base_logits).abs().max().item(),
                     "trainable": count_parameters(llm, trainable_only=True),
                     "groups": {k: len(v) for k, v in groups.items()},
@@ -359,7 +360,7 @@ after = generate_answers(llm, tokenizer, questions, max_new_tokens=28, system=SY
 for question, old, new in zip(questions, before, after):
     print(f"Q: {question}\n  before: {old}\n  after : {new}\n")
 persona_before, persona_after = sum(map(follows_persona, before)), sum(map(follows_persona, after))
-gates = torch.stack([wrapper.adaption_gate.detach().tanh().abs().mean() for _, wrapper in v1_handle.attention])
+gates = torch.stack([wrapper.adaption_gate.detach().tanh().abs().mean() for wrapper in v1_handle.attention.values()])
 print(f"persona followed: {persona_before}/{len(questions)} before → {persona_after}/{len(questions)} after")
 print(f"loss on the {len(heldout_batch['labels'])} held-out persona answers: {heldout_before:.3f} → "
       f"{heldout_after:.3f} nats")
@@ -404,11 +405,8 @@ assert persona_before == 0 and persona_after >= 4, (persona_before, persona_afte
 # 96 px a linear probe on the pooled features names the colour and the shape well (§10.8) — enough for this task.
 
 # %%
-import random
-
 from minipeft.datasets import COLORS, SHAPES, load_shapes
 from minipeft.models import load_efficientnet_lite0
-from minipeft.multimodal.experts import with_context
 
 image_encoder, preprocess = load_efficientnet_lite0()
 train_shapes = load_shapes("train", limit=SIZES.train_images, seed=SEED)
@@ -479,87 +477,24 @@ for size, result in probes.items():
 # frequent training answer (e.g. the commonest colour). We compute that prior from the training questions: any
 # accuracy above it comes from the image.
 
+# The questions, the candidate scoring and the blind prior live in `minipeft.tasks.vqa` (the multimodal chapters
+# score their connectors the same way); here is the scoring:
+
 # %%
-from collections import Counter, defaultdict
+from minipeft.tasks.vqa import (ANSWERS, AnswerScorer, BlindPrior, accuracy_by_kind, kind_of, sample_questions,
+                               vqa_prompt)
 
-KINDS = {"colour": COLORS, "shape": SHAPES, "yes/no": ["yes", "no"]}
-ANSWERS = [answer for kind in KINDS.values() for answer in kind]
-ANSWER_TOKENS = torch.tensor([tokenizer(" " + a, add_special_tokens=False)["input_ids"][0] for a in ANSWERS],
-                             device=DEVICE)
-KIND_MASK = torch.tensor([[answer in kind for answer in ANSWERS] for kind in KINDS.values()],
-                         device=DEVICE)  # (3 kinds, 13)
+show_source(AnswerScorer.logits)
 
-
-def kind_of(answer):
-    return next(k for k, answers in KINDS.items() if answer in answers)
-
-
-def sample_questions(shapes, per_kind, seed):
-    """The same number of (question, answer, image) triples of each kind."""
-    by_kind = defaultdict(list)
-    for triple in shapes.questions:
-        by_kind[kind_of(triple[1])].append(triple)
-    rng = random.Random(seed)
-    chosen = [triple for kind in SIZES.question_kinds
-              for triple in rng.sample(by_kind[kind], min(per_kind, len(by_kind[kind])))]
-    rng.shuffle(chosen)
-    return chosen
-
-
-def vqa_prompt(question, context=None):
-    """The question as the model reads it; an expert's text, if any, goes in front (§10.8)."""
-    return with_context(f"Question: {question}\nAnswer:", context)
-
-
-def encode_vqa(triples, captions=None, max_length=32):
-    """Right-padded prompts, the answer's index among ANSWERS, its kind, and the image's row in the feature cache."""
-    examples = []
-    for question, answer, image in triples:
-        prompt = vqa_prompt(question, captions[image] if captions else None)
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        padding = max_length - len(ids)
-        examples.append({"input_ids": torch.tensor(ids + [tokenizer.pad_token_id] * padding),
-                         "attention_mask": torch.tensor([1] * len(ids) + [0] * padding),
-                         "answer": torch.tensor(ANSWERS.index(answer)),
-                         "kind": torch.tensor(list(KINDS).index(kind_of(answer))), "image": torch.tensor(image)})
-    return examples
-
-
-def candidate_logits(model, batch):
-    """Logits of the 13 answers' first tokens at each prompt's last position; other kinds' answers masked out."""
-    length = int(batch["attention_mask"].sum(1).max())
-    mask = batch["attention_mask"][:, :length]
-    hidden = model.model(input_ids=batch["input_ids"][:, :length], attention_mask=mask).last_hidden_state  # (B, T, C)
-    last = hidden[torch.arange(len(hidden)), mask.sum(1) - 1]  # (B, C): the position after "Answer:"
-    logits = last.float() @ model.lm_head.weight[ANSWER_TOKENS].float().T  # (B, 13)
-    return logits.masked_fill(~KIND_MASK[batch["kind"]], float("-inf"))
-
-
-train_triples = sample_questions(train_shapes, SIZES.train_per_kind, SEED)
-test_triples = sample_questions(test_shapes, SIZES.test_per_kind, SEED + 1)
+# %%
+scorer = AnswerScorer(tokenizer, device=DEVICE)  # each answer's first token, and which answers each kind allows
+candidate_logits, encode_vqa = scorer.logits, scorer.encode
+train_triples = sample_questions(train_shapes.questions, SIZES.train_per_kind, SEED, kinds=SIZES.question_kinds)
+test_triples = sample_questions(test_shapes.questions, SIZES.test_per_kind, SEED + 1, kinds=SIZES.question_kinds)
 train_vqa, test_vqa = encode_vqa(train_triples), encode_vqa(test_triples)
+prior = BlindPrior(train_shapes.questions)  # each training question text's most frequent answer
 
-prior = defaultdict(Counter)
-for question, answer, _ in train_shapes.questions:
-    prior[question][answer] += 1
-kind_prior = {kind: Counter(a for _, a, _ in train_shapes.questions if a in answers) for kind, answers in KINDS.items()}
-
-
-def blind_answer(question, answer_kind):
-    counts = prior.get(question) or kind_prior[answer_kind]
-    return counts.most_common(1)[0][0]
-
-
-def accuracy_by_kind(predicted, triples):
-    hits = defaultdict(list)
-    for prediction, (_, answer, _) in zip(predicted, triples):
-        hits[kind_of(answer)].append(prediction == answer)
-    result = {kind: sum(h) / len(h) for kind, h in hits.items()}
-    result["all"] = sum(map(sum, hits.values())) / len(triples)
-    return result
-
-
-blind = accuracy_by_kind([blind_answer(q, kind_of(a)) for q, a, _ in test_triples], test_triples)
+blind = accuracy_by_kind([prior.answer(q, kind_of(a)) for q, a, _ in test_triples], test_triples)
 print(f"{len(train_triples)} training and {len(test_triples)} test questions; examples:")
 for question, answer, image in test_triples[:4]:
     print(f"  {vqa_prompt(question)!r} → {answer!r}  (test image {image})")
@@ -569,14 +504,14 @@ print("blind baseline (the best answer for each question text):", {k: round(v, 3
 # ## 10.7 Train V2 jointly: two fusions, and disjoint groups versus everything
 #
 # V2 trains on two kinds of data at once: image–text pairs (here, the VQA questions with their images) and
-# language-only instructions (here, the robot-persona pairs v1 learned in §10.5). `llama_adapter.joint_train` takes
+# language-only instructions (here, the robot-persona pairs v1 learned in §10.5). `llama_adapter_v2.joint_train` takes
 # one batch of each kind per step. With disjoint groups (the paper), the image–text batch updates only the image–text
 # group and the language batch only the language group, each with its own optimiser; with `disjoint=False` (the
 # ablation, "single-stage") one optimiser trains every V2 tensor on both kinds of batch. Everything else — data,
 # order, steps, learning rate — is the same:
 
 # %%
-show_source(llama_adapter.joint_train)
+show_source(llama_adapter_v2.joint_train)
 
 # %% [markdown]
 # Three runs, each on a fresh V2 (the previous one undone):
@@ -592,14 +527,11 @@ show_source(llama_adapter.joint_train)
 # persona), plus the loss on a paragraph of ordinary English — what the training did to the language model itself.
 
 # %%
-PARAGRAPH = ("The town sits at the edge of a wide river. Every morning, fishermen push their boats into the water "
-             "and the market fills with the smell of bread. Children walk to school along the old stone bridge.")
-paragraph_ids = tokenizer(PARAGRAPH, return_tensors="pt")["input_ids"].to(DEVICE)
+from minipeft.tasks.language import PARAGRAPH, text_loss  # chapter 3's paragraph, chapter 0's loss
 
 
 def paragraph_loss(model):
-    with torch.no_grad():
-        return model(input_ids=paragraph_ids, labels=paragraph_ids).loss.item()
+    return text_loss(model, tokenizer, PARAGRAPH)
 
 
 def rows(features, index):
@@ -630,8 +562,8 @@ RUNS = {"early, joint": ("early", True), "add, joint": ("add", True), "add, sing
 vqa_runs = {}
 for run_name, (fusion, disjoint) in RUNS.items():
     torch.manual_seed(SEED)  # the same initial prompts and projection, whatever ran before
-    handle = llama_adapter.apply(llm, variants[f"V2 {fusion}"])
-    groups = {name: sum(p.numel() for p in group) for name, group in llama_adapter.parameter_groups(handle).items()}
+    handle = llama_adapter_v2.apply(llm, variants[f"V2 {fusion}"])
+    groups = {name: sum(p.numel() for p in group) for name, group in llama_adapter_v2.disjoint_groups(handle).items()}
 
     def vqa_loss(model, batch, handle=handle):
         handle.set_visual_features(rows(train_features, batch["image"]))
@@ -639,7 +571,7 @@ for run_name, (fusion, disjoint) in RUNS.items():
 
     config = TrainConfig(steps=SIZES.vqa_steps, batch_size=SIZES.vqa_batch, lr=SIZES.vqa_lr, warmup_steps=2,
                          seed=SEED, device=DEVICE, amp=True, progress=False)
-    histories = llama_adapter.joint_train(llm, handle, train_vqa, vqa_loss, persona_examples, answer_loss, config,
+    histories = llama_adapter_v2.joint_train(llm, handle, train_vqa, vqa_loss, persona_examples, answer_loss, config,
                                           language_batch_size=SIZES.language_batch, language_lr=SIZES.language_lr,
                                           disjoint=disjoint)
     llm.eval()
@@ -771,7 +703,7 @@ for name, texts in expert_texts.items():
           f"the {len(truth)} test images; e.g. {texts[:3]}")
 print(f"both experts built in {expert_time.seconds:.1f} s (no training of the language model)")
 
-kept_handle = llama_adapter.apply(llm, variants["V2 add"])  # the trained "add, joint" model, reloaded
+kept_handle = llama_adapter_v2.apply(llm, variants["V2 add"])  # the trained "add, joint" model, reloaded
 kept_handle.load_state_dict(kept_state)
 llm.eval()
 expert_table = {}

@@ -351,15 +351,15 @@ class Handle:
         wrappers = self.wrappers if wrappers is None else wrappers
         if not wrappers and not self.attached:
             raise ValueError(f"this {self.method} handle no longer wraps anything (it was undone or unloaded).")
-        if self.attached and wrappers is self.wrappers:
-            attribute = next(iter(self.attached))
-            raise CannotMergeError(f"{self.method} cannot be merged: {attribute!r} adds inputs to the model, not a "
-                                   "change of its weights. Use handle.undo() to get the base model back.")
         for name, wrapper in wrappers.items():
             if not _can_merge(wrapper):
                 reason = getattr(wrapper, "merge_refusal", "its update is not a function of the weights alone")
                 raise CannotMergeError(f"{self.method} cannot be merged ({name!r}): {reason}. Use handle.undo() to "
                                        "get the base model back.")
+        if self.attached and wrappers is self.wrappers:
+            attribute = next(iter(self.attached))
+            raise CannotMergeError(f"{self.method} cannot be merged: {attribute!r} adds inputs to the model, not a "
+                                   "change of its weights. Use handle.undo() to get the base model back.")
 
     def merge(self, wrappers: dict[str, nn.Module] | None = None) -> nn.Module:
         """Fold every wrapper's update into its base weights; refuses a wrapper that is merged already."""

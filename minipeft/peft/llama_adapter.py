@@ -26,7 +26,7 @@ $$t_l^o = \mathrm{Linear_o}\Big(\mathrm{Attn}_h(t_l, T_l) + \gamma(g_{l,h})\,
 
 *Cost.* :math:`K L C` prompt numbers plus :math:`L H` gates. At LLaMA-7B's shape (:math:`C = 4096`, 32 heads) with
 the paper's ``K = 10, L = 30``: :math:`1{,}228{,}800 + 960 = 1{,}229{,}760`, the paper's "1.2M parameters"
-(:func:`count_llama_adapter_parameters` reproduces it on the meta device, without any weights).
+(``minipeft.multimodal.llama_adapter_v2.count_llama_adapter_parameters`` reproduces it on the meta device).
 
 **How it plugs in.** :func:`apply` wraps the top ``L`` ``self_attn`` modules in :class:`AdaptedAttention`
 (``minipeft.core.inject``; the original attention stays in ``base_layer``). The wrapper runs the frozen attention,
@@ -54,8 +54,9 @@ attention, while the static adaptation prompts sit in the top layers — the two
 
 (d) *Joint training with disjoint parameters*: image–text data trains the visual projection and the early gated
 attention; instruction data trains the late prompts and gates, the norms, biases and scales.
-:func:`parameter_groups` returns the two groups and :func:`joint_train` trains them, one batch of each kind per
-step (or, for the ablation, both kinds of batch on every tensor: ``disjoint=False``).
+``minipeft.multimodal.llama_adapter_v2`` holds this Part III side of V2: ``apply`` with the visual projection,
+``disjoint_groups`` (the two groups) and ``joint_train`` (one batch of each kind per step, or, for the ablation, both
+kinds of batch on every tensor: ``disjoint=False``). This file, Part II, never imports it.
 
 Give the model its image with ``handle.set_visual_features(features)`` (until changed) or
 ``with handle.visual_features(features): ...``. Each layer that reads the image projects it inside its own forward
@@ -98,7 +99,7 @@ Paper versus code (what a reader comparing numbers should know):
    with gating" on image–text pairs and "the late adaptation prompts with zero gating, the unfrozen norm, newly added
    bias and scale" on instructions (``fusion="early"``). In the released code's pre-training phase *all* adapter
    prompts and gates train with the visual modules, and norms and biases in the fine-tuning phase; that is the
-   split :func:`parameter_groups` returns for ``fusion="add"``.
+   split ``disjoint_groups`` returns for ``fusion="add"``.
 9. *Left out.* The visual encoder's 8 ViT blocks (see ``minipeft.multimodal.visual_prompt``), V2's optional LoRA
    (apply ``minipeft.peft.lora`` before this method if wanted), and the captioning/OCR "expert models" that V2 adds at
    inference (they only write text into the prompt).
@@ -111,20 +112,16 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import default_collate
 
-from ..core.inject import Injection, find_modules, inject, is_wrapper
-from ..core.io import load_weights
-from ..core.params import decay_groups, freeze
-from ..core.scale import default_device
-from ..core.train import History, TrainConfig, batch_indices, lr_multiplier, move_to, seed_everything
+from ..core.contract import (Handle, MethodConfig, check_bool, check_choice, check_config, check_positive_int,
+                             inject)
+from ..core.inject import find_modules, is_wrapper
 
 VISUAL_ATTRIBUTE = "minipeft_visual"  # where the visual projection lives inside the model
 GATES = ("tanh", "raw")
@@ -137,21 +134,8 @@ FUSIONS = ("early", "add")
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _check_positive(name: str, value, allow_none: bool = False, hint: str = "") -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        none = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be a positive integer{none}, got {value!r}{hint}.")
-
-
-def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
-
-
 @dataclass
-class LlamaAdapterConfig:
+class LlamaAdapterConfig(MethodConfig):
     """LLaMA-Adapter v1: ``adapter_len`` prompt tokens in each of the top ``adapter_layers`` layers, zero-init gates.
 
     Args:
@@ -171,12 +155,11 @@ class LlamaAdapterConfig:
     method = "llama_adapter"
 
     def __post_init__(self):
-        _check_positive("adapter_len", self.adapter_len, hint="; the paper uses 10 prompt tokens per layer")
-        _check_positive("adapter_layers", self.adapter_layers, allow_none=True,
-                        hint=" (how many layers, counted from the top, get a prompt; None = all)")
-        _check_choice("gate", self.gate, GATES)
-        if not isinstance(self.gate_per_head, bool):
-            raise ValueError(f"gate_per_head must be True or False, got {self.gate_per_head!r}.")
+        check_positive_int("adapter_len", self.adapter_len, hint="; the paper uses 10 prompt tokens per layer")
+        check_positive_int("adapter_layers", self.adapter_layers, allow_none=True,
+                           hint=" (how many layers, counted from the top, get a prompt; None = all)")
+        check_choice("gate", self.gate, GATES)
+        check_bool("gate_per_head", self.gate_per_head)
 
 
 @dataclass
@@ -209,15 +192,14 @@ class LlamaAdapterV2Config(LlamaAdapterConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("train_norms", "bias_scale"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        _check_choice("scale_on", self.scale_on, SCALE_SIDES)
-        _check_positive("visual_dim", self.visual_dim, allow_none=True,
-                        hint=" (the image encoder's feature width, e.g. 1280 for EfficientNet-Lite0)")
-        _check_positive("visual_len", self.visual_len)
-        _check_positive("visual_layers", self.visual_layers)
-        _check_choice("fusion", self.fusion, FUSIONS)
+        check_bool("train_norms", self.train_norms)
+        check_bool("bias_scale", self.bias_scale)
+        check_choice("scale_on", self.scale_on, SCALE_SIDES)
+        check_positive_int("visual_dim", self.visual_dim, allow_none=True,
+                           hint=" (the image encoder's feature width, e.g. 1280 for EfficientNet-Lite0)")
+        check_positive_int("visual_len", self.visual_len)
+        check_positive_int("visual_layers", self.visual_layers)
+        check_choice("fusion", self.fusion, FUSIONS)
         if self.fusion == "add" and self.visual_len not in (1, self.adapter_len):
             raise ValueError(
                 f"fusion='add' adds the visual tokens to the {self.adapter_len} prompt tokens, so visual_len must be "
@@ -283,6 +265,10 @@ class AdaptedAttention(nn.Module):
     """
 
     minipeft_method = "llama_adapter"
+    adapter_tensor_names = ("adaption_prompt", "adaption_gate")
+    can_merge = False
+    merge_refusal = ("its adaptation prompts (and visual tokens) are extra inputs to the attention, not a change of "
+                     "any weight; V2's biases and scales alone fold into the linear layers: handle.merge_linear()")
 
     def __init__(self, base_layer: nn.Module, adapter_len: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  hidden_size: int, gate: str = "tanh", gate_per_head: bool = True,
@@ -294,7 +280,7 @@ class AdaptedAttention(nn.Module):
                             f"{type(base_layer).__name__} has no {missing[0]}.")
         if num_heads % num_kv_heads:
             raise ValueError(f"{num_heads} query heads cannot share {num_kv_heads} key/value heads evenly.")
-        _check_choice("gate", gate, GATES)
+        check_choice("gate", gate, GATES)
         self.base_layer = base_layer
         self.adapter_len = adapter_len
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -391,12 +377,14 @@ class BiasScaleLinear(nn.Module):
     """
 
     minipeft_method = "llama_adapter_v2"
+    adapter_tensor_names = ("adapter_bias", "adapter_scale")
+    can_merge = True
 
     def __init__(self, base_layer: nn.Linear, scale_on: str = "output"):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"BiasScaleLinear wraps an nn.Linear, got {type(base_layer).__name__}.")
-        _check_choice("scale_on", scale_on, SCALE_SIDES)
+        check_choice("scale_on", scale_on, SCALE_SIDES)
         self.base_layer = base_layer
         self.scale_on = scale_on
         weight = base_layer.weight
@@ -471,35 +459,21 @@ class BiasScaleLinear(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-class LlamaAdapterHandle:
-    """What :func:`apply` returns: the wrapped layers, the shared verbs, the visual input and the parameter groups.
+class LlamaAdapterHandle(Handle):
+    """What :func:`apply` returns: a :class:`~minipeft.core.Handle` (wrapped attentions and linear layers, the unlocked
+    norms, the attached visual projection) plus what LLaMA-Adapter alone needs:
 
-    * ``state_dict()`` / ``load_state_dict()`` — every trainable tensor of the method, keyed by its name in the model
-      (``model.layers.1.self_attn.adaption_prompt``, ``...base_layer.q_proj.adapter_scale`` for a linear layer inside
-      an adapted attention, ``model.norm.weight``, ``minipeft_visual.proj.weight``); loading checks every name and
-      shape first, all or nothing;
-    * ``undo()`` — put every original module back, restore the norms' original values and every ``requires_grad``
-      flag, remove the visual projection: the model is as before ``apply``;
-    * ``merge()`` raises (a prompt is not a weight update); ``merge_linear()`` / ``unmerge_linear()`` fold V2's bias
+    * ``merge()`` refuses (a prompt is not a weight update); ``merge_linear()`` / ``unmerge_linear()`` fold V2's bias
       and scale into the linear weights and back;
     * ``set_visual_features(features)`` / ``visual_features(features)`` — the image for the next calls (V2);
-    * ``parameters()`` / ``named_parameters()`` — the trainable tensors; :func:`parameter_groups` splits them.
+    * ``early_layers`` / ``top_layers`` — the attention modules that read the visual tokens / the static prompts.
     """
 
-    def __init__(self, model: nn.Module, config: LlamaAdapterConfig, attention: Injection,
-                 linear: Injection | None, norms: list[nn.Parameter], visual: _VisualInput | None,
-                 early: list[str], top: list[str], requires_grad: dict[str, bool]):
-        self.model = model
-        self.config = config
-        self.method = config.method
-        self.attention = attention  # the Injection of AdaptedAttention wrappers
-        self.linear = linear  # the Injection of BiasScaleLinear wrappers (V2), or None
+    def __init__(self, model: nn.Module, config: LlamaAdapterConfig, visual: "_VisualInput | None",
+                 early: list[str], top: list[str]):
+        super().__init__(model, config)
         self.early_layers, self.top_layers = early, top  # attention module names
         self._visual = visual
-        self._requires_grad = requires_grad
-        # The norms train in place (they are the base model's own weights), so undo() needs their values.
-        self._norms = [(parameter, parameter.detach().clone()) for parameter in norms]
-        self._active = True
 
     # -- the visual input ------------------------------------------------------------------------------------------
 
@@ -508,17 +482,17 @@ class LlamaAdapterHandle:
         """Whether the model reads image features (V2 with a visual projection)."""
         return self._visual is not None
 
-    def _check_visual(self) -> _VisualInput:
-        self._check_active()
+    def _check_visual(self) -> "_VisualInput":
+        self.check_active()
         if self._visual is None:
-            raise ValueError("this model has no visual path; use LlamaAdapterV2Config(visual_dim=...) (or pass "
-                             "visual_projection= to apply) to give it one.")
+            raise ValueError("this model has no visual path; use LlamaAdapterV2Config(visual_dim=...) with "
+                             "minipeft.multimodal.llama_adapter_v2.apply (or pass visual_projection=) to give it one.")
         return self._visual
 
     def set_visual_features(self, features) -> None:
         """Use these image features for the following calls (``None`` clears them).
 
-        ``features``: what :class:`VisualProjection` takes — ``(B, C)`` pooled, ``(B, N, C)`` grid, a dict or an
+        ``features``: what the visual projection takes — ``(B, C)`` pooled, ``(B, N, C)`` grid, a dict or an
         encoder output — with one image per text row, or one image for the whole batch.
         """
         self._check_visual().features = features
@@ -534,104 +508,53 @@ class LlamaAdapterHandle:
         finally:
             visual.features = before
 
-    # -- the trainable tensors -------------------------------------------------------------------------------------
+    # -- the two kinds of wrapper -----------------------------------------------------------------------------------
 
-    def _check_active(self) -> None:
-        if not self._active:
-            raise ValueError(f"this {self.method} handle was undone; apply the method again.")
+    @property
+    def attention(self) -> dict[str, "AdaptedAttention"]:
+        """``{name: AdaptedAttention}``: the layers that read a prompt (static or visual)."""
+        return {n: w for n, w in self.wrappers.items() if isinstance(w, AdaptedAttention)}
 
-    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """``[(name in the model, parameter)]`` for every tensor the method trains."""
-        self._check_active()
-        own = {id(p) for _, w in self.attention for n, p in w.named_parameters() if not n.startswith("base_layer.")}
-        if self.linear is not None:
-            own |= {id(w.adapter_bias) for _, w in self.linear} | {id(w.adapter_scale) for _, w in self.linear}
-        if self._visual is not None:
-            own |= {id(p) for p in self._visual.projection.parameters()}
-        own |= {id(p) for p, _ in self._norms}
-        return [(n, p) for n, p in self.model.named_parameters() if id(p) in own]
+    @property
+    def linear(self) -> dict[str, "BiasScaleLinear"]:
+        """``{name: BiasScaleLinear}``: V2's bias and scale on every linear layer (empty for v1)."""
+        return {n: w for n, w in self.wrappers.items() if isinstance(w, BiasScaleLinear)}
 
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_parameters()]
+    # -- merging only the linear part ------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The method's tensors (prompts, gates, biases, scales, norms, visual projection) by their model names."""
-        return {n: p.detach() for n, p in self.named_parameters()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load tensors saved by :meth:`state_dict`; every name and shape is checked before anything changes."""
-        expected = set(self.state_dict())
-        unknown, missing = sorted(set(state) - expected), sorted(expected - set(state))
-        if unknown or missing:
-            key = (unknown or missing)[0]
-            what = "is not part of this" if unknown else "is missing for this"
-            raise ValueError(f"cannot load: {key!r} {what} {self.method} configuration (wrong model or config?).")
-        load_weights(self.model, state, strict=False)  # checks every shape first, then copies
-
-    # -- merge -----------------------------------------------------------------------------------------------------
+    def _linear(self) -> dict[str, nn.Module]:
+        self.check_active()
+        linear = self.linear
+        if not linear:
+            raise ValueError(f"there is nothing to merge: this {self.method} model has no bias/scale layers "
+                             "(LLaMA-Adapter V2 with bias_scale=True has them).")
+        return linear
 
     @property
     def merged(self) -> bool:
         """Whether V2's biases and scales are folded into the linear weights."""
-        return self.linear is not None and bool(self.linear.wrappers) and self.linear.merged
-
-    def merge(self):
-        raise NotImplementedError(
-            f"{self.method} cannot be merged as a whole: its adaptation prompts (and visual tokens) are extra inputs "
-            "to the attention, not a change to any weight. V2's biases and scales can be folded into the linear "
-            "layers with handle.merge_linear()."
-        )
-
-    def unmerge(self):
-        raise NotImplementedError(f"{self.method} is never merged as a whole; see merge_linear() / unmerge_linear().")
-
-    def unload(self):
-        raise NotImplementedError(f"{self.method} cannot be unloaded into a plain model: the prompts need the "
-                                  "adapted attention. Use undo() to get the base model back.")
-
-    def _check_linear(self) -> Injection:
-        self._check_active()
-        if self.linear is None:
-            raise ValueError(f"there is nothing to merge: this {self.method} model has no bias/scale layers "
-                             "(LLaMA-Adapter V2 with bias_scale=True has them).")
-        return self.linear
+        linear = [w for w in self.wrappers.values() if isinstance(w, BiasScaleLinear)]
+        return bool(linear) and all(w.merged for w in linear)
 
     def merge_linear(self) -> nn.Module:
         """Fold every bias and scale into its linear layer: :math:`W' = \\mathrm{diag}(s) W,\\ b' = s \\odot b`."""
-        return self._check_linear().merge()
+        return self.merge(self._linear())
 
     def unmerge_linear(self) -> nn.Module:
         """Take the biases and scales back out of the linear weights (checks every layer first)."""
-        return self._check_linear().unmerge()
-
-    # -- undo ------------------------------------------------------------------------------------------------------
+        return self.unmerge(self._linear())
 
     def undo(self) -> nn.Module:
         """Restore the model exactly as it was before :func:`apply` (modules, norm values, ``requires_grad``)."""
-        self._check_active()
-        if self.merged:
-            self.linear.unmerge()
-        # The attention wrappers first: the linear layers' recorded names run through the original attention modules.
-        self.attention.undo()
-        if self.linear is not None:
-            self.linear.undo()
-        with torch.no_grad():
-            for parameter, value in self._norms:
-                parameter.copy_(value)
-        if hasattr(self.model, VISUAL_ATTRIBUTE):
-            delattr(self.model, VISUAL_ATTRIBUTE)
-        for name, parameter in self.model.named_parameters():
-            if name in self._requires_grad:
-                parameter.requires_grad_(self._requires_grad[name])
-        self._active = False
-        return self.model
+        model = super().undo()
+        self._visual = None
+        return model
 
     def __repr__(self) -> str:
-        if not self._active:
+        if not self.active:
             return f"LlamaAdapterHandle(method={self.method!r}, undone)"
-        count = sum(p.numel() for p in self.parameters())
         return (f"LlamaAdapterHandle(method={self.method!r}, top layers={len(self.top_layers)}, "
-                f"visual layers={len(self.early_layers)}, {count:,} trainable parameters)")
+                f"visual layers={len(self.early_layers)}, {self.num_parameters():,} trainable parameters)")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -676,12 +599,14 @@ def apply(model: nn.Module, config: LlamaAdapterConfig | None = None,
         ValueError: more adapter (plus visual) layers than the model has, a model without LLaMA-style attention, a
             layer already wrapped by another minipeft method, or a bad config. The model is then unchanged.
     """
-    config = LlamaAdapterConfig() if config is None else config
-    if not isinstance(config, LlamaAdapterConfig):
-        raise TypeError(f"config must be a LlamaAdapterConfig or LlamaAdapterV2Config, got {type(config).__name__}.")
+    config = check_config(config, LlamaAdapterConfig, LlamaAdapterConfig)
     v2 = isinstance(config, LlamaAdapterV2Config)
     if visual_projection is not None and not v2:
         raise ValueError("visual_projection is part of LLaMA-Adapter V2; use LlamaAdapterV2Config.")
+    if v2 and config.visual_dim is not None and visual_projection is None:
+        raise ValueError("the visual path (visual_dim=...) is Part III: build the model with "
+                         "minipeft.multimodal.llama_adapter_v2.apply(model, config), which adds the visual projection, "
+                         "or pass visual_projection= here.")
     if hasattr(model, VISUAL_ATTRIBUTE):
         raise ValueError("the model already carries a LLaMA-Adapter visual projection; undo() its handle first.")
     if getattr(model, "config", None) is None:
@@ -693,7 +618,7 @@ def apply(model: nn.Module, config: LlamaAdapterConfig | None = None,
 
     layers = _attention_layers(model)
     N = len(layers)
-    has_visual = v2 and (config.visual_dim is not None or visual_projection is not None)
+    has_visual = v2 and visual_projection is not None
     n_visual = config.visual_layers if has_visual and config.fusion == "early" else 0
     L = config.adapter_layers if config.adapter_layers is not None else N - n_visual
     if L > N:
@@ -707,244 +632,33 @@ def apply(model: nn.Module, config: LlamaAdapterConfig | None = None,
     early = [name for name, _ in layers[:n_visual]]
     top = [name for name, _ in layers[N - L:]]
     head_dim = getattr(layers[0][1], "head_dim", None) or getattr(text, "head_dim", None) or d // H
+    visual = _VisualInput(visual_projection) if has_visual else None
 
-    device = next(model.parameters()).device
-    visual = None
-    if has_visual:
-        if visual_projection is None:
-            from ..multimodal.visual_prompt import VisualProjection  # the shared visual glue (Part III)
-
-            if config.visual_dim is None:
-                raise ValueError("set visual_dim (the image features' width) or pass visual_projection=.")
-            visual_projection = VisualProjection(config.visual_dim, d, config.visual_len, device=device)
-        visual = _VisualInput(visual_projection)
-
-    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    norms = []
-    if v2 and config.train_norms:
-        norms = [p for module in model.modules()
-                 if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
-                 for p in module.parameters(recurse=False)]
-
-    linear = None
-    if v2 and config.bias_scale:
-        prefixes = tuple(name.rsplit(".", 1)[0] + "." for name, _ in layers)  # the decoder layers
-        targets = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefixes)]
-        linear = inject(model, lambda name, module: BiasScaleLinear(module, config.scale_on), target=_exact(targets),
-                        method="llama_adapter_v2", config=config)
-
-    def make_wrapper(name: str, module: nn.Module) -> nn.Module:
-        is_early = name in early
-        return AdaptedAttention(module, 0 if is_early else config.adapter_len, H, H_kv, head_dim, d,
-                                gate=config.gate, gate_per_head=config.gate_per_head,
-                                visual=visual if is_early or (has_visual and config.fusion == "add") else None)
-
+    handle = LlamaAdapterHandle(model, config, visual, early, top)
     try:
-        attention = inject(model, make_wrapper, target=_exact(early + top), method=config.method, config=config)
+        if v2 and config.bias_scale:  # every linear layer of every decoder layer: s ⊙ (W x + b)
+            prefixes = tuple(name.rsplit(".", 1)[0] + "." for name, _ in layers)  # the decoder layers
+            targets = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefixes)]
+            inject(model, lambda name, module: BiasScaleLinear(module, config.scale_on), target=_exact(targets),
+                   handle=handle)
+
+        def make_wrapper(name: str, module: nn.Module) -> nn.Module:
+            is_early = name in early
+            return AdaptedAttention(module, 0 if is_early else config.adapter_len, H, H_kv, head_dim, d,
+                                    gate=config.gate, gate_per_head=config.gate_per_head,
+                                    visual=visual if is_early or (has_visual and config.fusion == "add") else None)
+
+        inject(model, make_wrapper, target=_exact(early + top), handle=handle)
+        if v2 and config.train_norms:  # V2 (a): every RMSNorm / LayerNorm weight of the language model trains
+            handle.unlock([f"{m}.{n}" if m else n for m, module in model.named_modules()
+                           if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+                           for n, _ in module.named_parameters(recurse=False)])
+        if visual is not None:
+            visual.projection.train(model.training)
+            handle.attach(VISUAL_ATTRIBUTE, visual.projection)  # a submodule: .to(), .parameters(), .train() see it
     except BaseException:
-        if linear is not None:  # leave the model as it was
-            linear.undo()
+        handle.undo()  # leave the model as it was
         raise
-
     # Freeze after injecting, so a failed injection leaves requires_grad untouched too.
-    freeze(model)
-    for _, wrapper in list(attention) + (list(linear) if linear is not None else []):
-        for name, parameter in wrapper.named_parameters():
-            if not name.startswith("base_layer."):
-                parameter.requires_grad_(True)
-    for parameter in norms:
-        parameter.requires_grad_(True)
-    if visual is not None:
-        visual.projection.train(model.training)
-        model.add_module(VISUAL_ATTRIBUTE, visual.projection)  # a submodule: .to(), .parameters(), .train() see it
-        for parameter in visual.projection.parameters():
-            parameter.requires_grad_(True)
-    return LlamaAdapterHandle(model, config, attention, linear, norms, visual, early, top, requires_grad)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# V2's two parameter groups, and the parameter arithmetic
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def parameter_groups(handle: LlamaAdapterHandle, names: bool = False) -> dict[str, list]:
-    """V2's disjoint groups: ``{"image_text": [...], "language": [...]}`` (parameters, or their names with
-    ``names=True``). Together they are every trainable tensor of the method, and no tensor is in both.
-
-    * ``fusion="early"`` (the paper): image–text = the visual projection + the early layers' gated attention;
-      language = the top layers' prompts and gates + biases, scales and norms.
-    * ``fusion="add"`` (the released code): image–text = the visual projection + every prompt and gate;
-      language = biases, scales and norms.
-    * without a visual path everything is ``"language"``.
-
-    Train one group per batch type, e.g. ``torch.optim.AdamW(groups["image_text"])`` on captions and another
-    optimiser over ``groups["language"]`` on instructions.
-    """
-    image_text_modules = list(handle.early_layers)
-    if handle.has_visual:
-        image_text_modules.append(VISUAL_ATTRIBUTE)
-        if handle.config.fusion == "add":
-            image_text_modules += handle.top_layers
-    groups: dict[str, list] = {"image_text": [], "language": []}
-    for name, parameter in handle.named_parameters():
-        in_image_text = any(name.startswith(m + ".") for m in image_text_modules) and not name.endswith(
-            ("adapter_bias", "adapter_scale"))  # a linear layer inside an early attention is still "language"
-        groups["image_text" if in_image_text else "language"].append(name if names else parameter)
-    return groups
-
-
-def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: Sequence,
-                image_text_loss: Callable[[nn.Module, Any], torch.Tensor], language_data: Sequence,
-                language_loss: Callable[[nn.Module, Any], torch.Tensor], config: TrainConfig, *,
-                language_batch_size: int | None = None, language_lr: float | None = None, disjoint: bool = True,
-                collate: Callable[[list], Any] = default_collate) -> dict[str, History]:
-    """V2's joint training (Sec. 4.2): every step trains on one image–text batch, then on one language-only batch.
-
-    * ``disjoint=True`` (the paper): the image–text batch updates only ``parameter_groups(handle)["image_text"]``
-      and the language batch only ``["language"]``. Each group has its own AdamW, and while one group steps the other
-      is frozen (``requires_grad=False``), so autograd does not even compute the other group's gradient and neither
-      kind of data can move the other's parameters — not through a gradient and not through an optimiser's momentum.
-    * ``disjoint=False`` (the ablation, "single-stage"): one AdamW over every V2 tensor, and both batches update
-      everything. Same data, same order, same number of updates, same learning rate per tensor: only the split
-      differs.
-
-    Before every language batch the image is cleared (``handle.set_visual_features(None)``), so a text-only batch
-    never reads the features the previous image–text batch left behind. ``image_text_loss`` must set the features of
-    its own batch (e.g. looked up in a cache with the batch's image indices).
-
-    Args:
-        model, handle: a model and the :class:`LlamaAdapterHandle` of a V2 with a visual path.
-        image_text_data, image_text_loss: map-style dataset and ``loss(model, batch) -> scalar`` of image–text pairs.
-        language_data, language_loss: the same for the language-only instructions.
-        config: a :class:`~minipeft.core.TrainConfig`. ``steps`` counts *pairs* of batches; ``batch_size``,
-            ``lr``, ``weight_decay``, warm-up, schedule, ``grad_clip``, ``seed``, ``device`` and ``amp`` are used as
-            :func:`~minipeft.core.train` uses them (no evaluation callback, no checkpoints).
-        language_batch_size: batch size of the language stream (default: ``config.batch_size``).
-        language_lr: peak learning rate of the language group's tensors (default: ``config.lr``, which the
-            image–text group's tensors use). Biases, scales and norms act on every input, so they usually want a
-            smaller one than the prompts and the projection. It follows the same warm-up and decay.
-        disjoint: the paper's disjoint groups (True) or one group for everything (False).
-
-    Returns:
-        ``{"image_text": History, "language": History}``, one loss per step each; both carry the total wall time.
-    """
-    if not handle.has_visual:
-        raise ValueError("joint training needs V2 with a visual path (LlamaAdapterV2Config(visual_dim=...)); without "
-                         "one every tensor is in the language group: use minipeft.core.train.")
-    if config.checkpoint or config.eval_every:
-        raise ValueError("joint_train does not checkpoint or evaluate during training; set checkpoint=None and "
-                         "eval_every=0, and evaluate after it returns.")
-    if len(image_text_data) == 0 or len(language_data) == 0:
-        raise ValueError("both training sets must be non-empty (image–text and language-only).")
-    device = torch.device(config.device) if config.device else default_device()
-    model.to(device)
-    use_amp = (device.type == "cuda") if config.amp is None else config.amp
-    groups = parameter_groups(handle)
-    everything = groups["image_text"] + groups["language"]
-    lrs = {"image_text": config.lr, "language": config.lr if language_lr is None else language_lr}
-    named = dict(handle.named_parameters())
-    # Weight decay on matrices only, as minipeft.core.train does; each group at its own peak learning rate.
-    optimizer_groups = {stream: decay_groups([(n, named[n]) for n in names], config.weight_decay, lr=lrs[stream])
-                        for stream, names in parameter_groups(handle, names=True).items()}
-    if disjoint:  # one optimiser per group: a batch can only ever step its own group
-        trained = {"image_text": groups["image_text"], "language": groups["language"]}
-        optimizers = {stream: torch.optim.AdamW(optimizer_groups[stream]) for stream in trained}
-    else:  # single-stage: one optimiser (one set of moments) over everything, each tensor at its group's rate
-        trained = {"image_text": everything, "language": everything}
-        shared = torch.optim.AdamW(optimizer_groups["image_text"] + optimizer_groups["language"])
-        optimizers = {"image_text": shared, "language": shared}
-    for optimizer in optimizers.values():
-        for group in optimizer.param_groups:
-            group["initial_lr"] = group["lr"]  # the peak rate; the schedule scales it
-    streams = {"image_text": (image_text_data, image_text_loss, config.batch_size, config.seed),
-               "language": (language_data, language_loss, language_batch_size or config.batch_size,
-                            config.seed + 1)}  # another seed: the two streams are shuffled independently
-    histories = {"image_text": History(), "language": History()}
-
-    seed_everything(config.seed)
-    started = time.perf_counter()
-    model.train()
-    try:
-        for step in range(config.steps):
-            factor = lr_multiplier(step, config)
-            for stream, (data, loss_fn, batch_size, seed) in streams.items():
-                for parameter in everything:  # only this stream's parameters take part in the graph
-                    parameter.requires_grad_(False)
-                for parameter in trained[stream]:
-                    parameter.requires_grad_(True)
-                if stream == "language":
-                    handle.set_visual_features(None)
-                optimizer = optimizers[stream]
-                for group in optimizer.param_groups:
-                    group["lr"] = group["initial_lr"] * factor
-                indices = batch_indices(len(data), batch_size, seed, step)
-                batch = move_to(collate([data[int(i)] for i in indices]), device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = loss_fn(model, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{stream} loss is {loss.item()} at step {step + 1}; lower the "
-                                             "learning rate.")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trained[stream], config.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)  # no stale gradient may reach the other stream's step
-                histories[stream].steps.append(step + 1)
-                histories[stream].loss.append(float(loss.detach()))
-                histories[stream].lr.append(lrs[stream] * factor)
-    finally:
-        for parameter in everything:  # every V2 tensor trainable again, as apply() left them
-            parameter.requires_grad_(True)
-        handle.set_visual_features(None)
-    for history in histories.values():
-        history.wall_time = time.perf_counter() - started
-    return histories
-
-
-def count_llama_adapter_parameters(model_config, adapter_len: int = 10, adapter_layers: int | None = 30,
-                                   v2: bool = False, **options) -> dict[str, int]:
-    """Count the trainable parameters of LLaMA-Adapter on a model of this shape, built on the meta device.
-
-    The model is built with ``torch.device("meta")`` (shapes only, no memory: LLaMA-65B takes a fraction of a
-    second), the method is applied to it, and its trainable tensors are counted by kind. So the counts are those of
-    the real method, not of a formula; the tests check them against the closed forms
-
-    * v1: prompts :math:`K L C`, gates :math:`L H` (or :math:`L`);
-    * V2: biases :math:`L_{tot} \\sum \\text{out}`, scales :math:`L_{tot} \\sum \\text{out}` (``scale_on="output"``) or
-      :math:`L_{tot} \\sum \\text{in}` (``"input"``) over the 7 linear layers, norms :math:`(2 L_{tot} + 1) C`.
-
-    Args:
-        model_config: a ``transformers.LlamaConfig`` or a dict of its fields, e.g. LLaMA-7B:
-            ``{"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-            "vocab_size": 32000}``.
-        adapter_len, adapter_layers: ``K`` and ``L`` (the paper's 10 and 30 by default).
-        v2: count LLaMA-Adapter V2 (bias, scale, norms, and the visual path if ``visual_dim`` is given).
-        options: further config fields (``gate_per_head``, ``scale_on``, ``train_norms``, ``bias_scale``,
-            ``visual_dim``, ``visual_len``, ``visual_layers``, ``fusion``, ``gate``).
-
-    Returns:
-        ``{"prompts", "gates", "biases", "scales", "norms", "visual", "total", "base_model"}``: counts, with
-        ``base_model`` the frozen model's own size (the norms are part of it too).
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if isinstance(model_config, dict):
-        model_config = LlamaConfig(**model_config)
-    config_class = LlamaAdapterV2Config if v2 else LlamaAdapterConfig
-    config = config_class(adapter_len=adapter_len, adapter_layers=adapter_layers, **options)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(model_config)
-    base_model = sum(p.numel() for p in model.parameters())
-    handle = apply(model, config)
-    counts = dict.fromkeys(("prompts", "gates", "biases", "scales", "norms", "visual"), 0)
-    kinds = {"adaption_prompt": "prompts", "adaption_gate": "gates", "adapter_bias": "biases",
-             "adapter_scale": "scales"}
-    for name, parameter in handle.named_parameters():
-        kind = kinds.get(name.rsplit(".", 1)[-1])
-        if kind is None:
-            kind = "visual" if name.startswith(VISUAL_ATTRIBUTE + ".") else "norms"
-        counts[kind] += parameter.numel()
-    counts["total"] = sum(counts.values())
-    counts["base_model"] = base_model
-    return counts
+    handle.mark_trainable()
+    return handle

@@ -12,8 +12,8 @@ from torch import nn
 from minipeft.core import TrainConfig, read_weights, save_weights
 from minipeft.models import VisionEncoderOutput, tiny_bert, tiny_llama
 from minipeft.multimodal import VisualProjection
-from minipeft.peft.llama_adapter import (AdaptedAttention, BiasScaleLinear, LlamaAdapterConfig, LlamaAdapterV2Config,
-                                         apply, count_llama_adapter_parameters, joint_train, parameter_groups)
+from minipeft.multimodal.llama_adapter_v2 import apply, count_llama_adapter_parameters, disjoint_groups, joint_train
+from minipeft.peft.llama_adapter import AdaptedAttention, BiasScaleLinear, LlamaAdapterConfig, LlamaAdapterV2Config
 
 # tiny_llama: d=64, 2 layers, 4 query heads sharing 2 key/value heads (head_dim 16), FFN 128, vocab 256
 D, LAYERS, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB = 64, 2, 4, 2, 16, 128, 256
@@ -69,7 +69,7 @@ def test_v1_is_exactly_the_base_model_at_init_then_differs(gate, per_head):
     model = tiny_llama()
     base = logits(model)
     handle = apply(model, LlamaAdapterConfig(adapter_len=K, gate=gate, gate_per_head=per_head))
-    assert all(torch.equal(w.adaption_gate, torch.zeros_like(w.adaption_gate)) for _, w in handle.attention)
+    assert all(torch.equal(w.adaption_gate, torch.zeros_like(w.adaption_gate)) for w in handle.attention.values())
     assert torch.equal(logits(model), base), "zero gates must give exactly the base model's logits"
     randomise(handle)
     assert (logits(model) - base).abs().max() > 1e-3
@@ -81,7 +81,7 @@ def test_v1_identity_with_smollm2_like_grouped_query_attention():
     base = logits(model)
     handle = apply(model, LlamaAdapterConfig(adapter_len=K))
     assert torch.equal(logits(model), base)
-    assert all(w.adaption_gate.shape == (9,) for _, w in handle.attention)
+    assert all(w.adaption_gate.shape == (9,) for w in handle.attention.values())
     randomise(handle)
     assert (logits(model) - base).abs().max() > 1e-3
 
@@ -126,7 +126,7 @@ def test_only_the_top_layers_are_adapted():
     model = tiny_llama(layers=3)
     handle = apply(model, LlamaAdapterConfig(adapter_len=K, adapter_layers=2))
     assert handle.top_layers == ["model.layers.1.self_attn", "model.layers.2.self_attn"]
-    assert sorted(handle.attention.wrappers) == handle.top_layers
+    assert sorted(handle.attention) == handle.top_layers
     assert not isinstance(model.model.layers[0].self_attn, AdaptedAttention)
     assert all(isinstance(model.model.layers[i].self_attn, AdaptedAttention) for i in (1, 2))
 
@@ -145,14 +145,14 @@ def test_gradients_only_on_prompts_and_gates_and_gates_move_first():
     for name, parameter in model.named_parameters():
         if name not in trainable:
             assert parameter.grad is None, name
-    for _, wrapper in handle.attention:
+    for wrapper in handle.attention.values():
         # Zero-init attention: with g = 0 the prompt gets no gradient yet; the gate does.
         assert wrapper.adaption_gate.grad.abs().sum() > 0
         assert torch.equal(wrapper.adaption_prompt.grad, torch.zeros_like(wrapper.adaption_prompt))
     randomise(handle)
     model.zero_grad()
     model(input_ids=x, labels=x).loss.backward()
-    assert all(w.adaption_prompt.grad.abs().sum() > 0 for _, w in handle.attention)
+    assert all(w.adaption_prompt.grad.abs().sum() > 0 for w in handle.attention.values())
 
 
 @pytest.mark.parametrize("layers, per_head", [(1, True), (2, True), (2, False)])
@@ -451,7 +451,7 @@ def test_unmerge_with_a_zero_scale_raises_before_changing_anything():
     model = tiny_llama()
     handle = apply(model, v2_config())
     with torch.no_grad():
-        handle.linear.wrappers["model.layers.1.mlp.down_proj"].adapter_scale[0] = 0.0
+        handle.linear["model.layers.1.mlp.down_proj"].adapter_scale[0] = 0.0
     handle.merge_linear()
     merged = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(ValueError, match="zero entries"):
@@ -491,7 +491,7 @@ def test_add_fusion_equals_static_prompts_plus_the_visual_tokens():
         fused = logits(model)
         tokens = model.minipeft_visual(features)[0].detach()  # (K, d)
     with torch.no_grad():
-        for _, wrapper in handle.attention:
+        for wrapper in handle.attention.values():
             wrapper.adaption_prompt += tokens
     torch.testing.assert_close(logits(model), fused, rtol=1e-5, atol=1e-5)
 
@@ -519,7 +519,7 @@ def test_one_image_is_shared_by_every_row_and_rows_take_their_own_image():
 def test_parameter_groups_are_disjoint_and_cover_every_trainable_tensor(fusion):
     model = tiny_llama()
     handle = apply(model, v2_config(fusion=fusion, visual_len=K if fusion == "add" else VISUAL_LEN))
-    groups = parameter_groups(handle, names=True)
+    groups = disjoint_groups(handle, names=True)
     image_text, language = set(groups["image_text"]), set(groups["language"])
     assert image_text and language and not image_text & language
     assert image_text | language == {n for n, p in model.named_parameters() if p.requires_grad}
@@ -533,7 +533,7 @@ def test_parameter_groups_are_disjoint_and_cover_every_trainable_tensor(fusion):
     else:  # the released code: every prompt and gate with the image
         assert image_text - visual == {f"model.layers.{i}.self_attn.adaption_{p}" for i in range(LAYERS)
                                        for p in ("prompt", "gate")}
-    assert [id(p) for p in parameter_groups(handle)["language"]] == [
+    assert [id(p) for p in disjoint_groups(handle)["language"]] == [
         id(dict(model.named_parameters())[n]) for n in groups["language"]]
 
 
@@ -542,7 +542,7 @@ def test_a_training_step_on_one_group_changes_only_that_group(group):
     model = tiny_llama()
     handle = apply(model, v2_config())
     randomise(handle)  # open the gates, so every tensor of the method gets a gradient
-    groups = parameter_groups(handle, names=True)
+    groups = disjoint_groups(handle, names=True)
     parameters = dict(model.named_parameters())
     before = {n: p.detach().clone() for n, p in parameters.items()}
     optimiser = torch.optim.SGD([parameters[n] for n in groups[group]], lr=0.1)
@@ -562,14 +562,14 @@ def test_text_only_batches_give_the_image_text_group_no_gradient():
     randomise(handle)
     x = ids()
     model(input_ids=x, labels=x).loss.backward()
-    groups = parameter_groups(handle)
+    groups = disjoint_groups(handle)
     assert all(p.grad is None for p in groups["image_text"])
     assert all(p.grad is not None for p in groups["language"])
 
 
 def test_without_a_visual_path_everything_is_language():
     handle = apply(tiny_llama(), LlamaAdapterV2Config(adapter_len=K))
-    groups = parameter_groups(handle)
+    groups = disjoint_groups(handle)
     assert groups["image_text"] == [] and len(groups["language"]) == len(handle.parameters())
     assert handle.early_layers == [] and len(handle.top_layers) == LAYERS
 
@@ -615,7 +615,7 @@ def test_joint_training_each_batch_changes_only_its_own_group(fusion):
     model = tiny_llama()
     handle = apply(model, v2_config(fusion=fusion, visual_len=K if fusion == "add" else VISUAL_LEN))
     randomise(handle)  # open the gates, so every tensor of the method gets a gradient
-    groups = parameter_groups(handle, names=True)
+    groups = disjoint_groups(handle, names=True)
     log = []
     histories = joint_run(model, handle, steps=3, log=log)
     log.append(("end", {n: p.detach().clone() for n, p in model.named_parameters()}))
@@ -641,7 +641,7 @@ def test_single_stage_ablation_updates_everything_from_both_kinds_of_batch():
     after_language = {n for n in start if not torch.equal(middle[n], end[n])}
     assert after_image_text == everything  # the image-text batch moved the language group too: interference
     # a text-only batch gives the visual path and the early gate no gradient (AdamW skips a tensor without one)
-    assert after_language == everything - set(parameter_groups(handle, names=True)["image_text"])
+    assert after_language == everything - set(disjoint_groups(handle, names=True)["image_text"])
 
 
 @pytest.mark.parametrize("disjoint", [True, False])
@@ -651,7 +651,7 @@ def test_language_lr_sets_the_language_groups_rate_in_both_modes(disjoint):
     model = tiny_llama()
     handle = apply(model, v2_config())
     randomise(handle)
-    groups = parameter_groups(handle, names=True)
+    groups = disjoint_groups(handle, names=True)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cache = image_features(batch=3)
     image_text, language = joint_data()
@@ -697,11 +697,40 @@ def test_joint_training_refuses_what_it_cannot_do():
         joint_train(text_only.model, text_only, image_text, loss, language, loss, config)
     model = tiny_llama()
     handle = apply(model, v2_config())
-    with pytest.raises(ValueError, match="checkpoint"):
-        joint_train(model, handle, image_text, loss, language, loss,
-                    TrainConfig(steps=1, checkpoint="x.safetensors", checkpoint_every=1))
     with pytest.raises(ValueError, match="non-empty"):
         joint_train(model, handle, [], loss, language, loss, config)
+
+
+def test_joint_training_checkpoints_and_resumes_to_the_same_weights(tmp_path):
+    """joint_train is core.train with two streams, so an interrupted run resumes to the uninterrupted weights."""
+    image_text, language = joint_data()
+    lm_loss = lambda model, batch: model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss  # noqa: E731
+
+    def run(config, fail_at=None):
+        torch.manual_seed(0)
+        model = tiny_llama()
+        handle = apply(model, v2_config(fusion="add", visual_len=K))  # every prompt is image-text: it gets gradients
+        calls = {"n": 0}
+
+        def language_loss(model, batch):
+            calls["n"] += 1
+            if calls["n"] == fail_at:
+                raise KeyboardInterrupt  # the run dies half-way
+            return lm_loss(model, batch)
+
+        joint_train(model, handle, image_text, lm_loss, language, language_loss, config)
+        return handle.state_dict()
+
+    base = dict(steps=4, batch_size=2, lr=1e-2, device="cpu", progress=False)
+    uninterrupted = run(TrainConfig(**base))
+    checkpoint = str(tmp_path / "joint.safetensors")
+    with pytest.raises(KeyboardInterrupt):
+        run(TrainConfig(**base, checkpoint=checkpoint, checkpoint_every=2), fail_at=3)
+    resumed = run(TrainConfig(**base, checkpoint=checkpoint, checkpoint_every=2, resume=True))
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[n], resumed[n]) for n in resumed)
+    with pytest.raises(ValueError, match="lr=0.01 in the checkpoint but 0.02 now"):
+        run(TrainConfig(**{**base, "lr": 2e-2}, checkpoint=checkpoint, resume=True))
 
 
 # --------------------------------------------------------------------------------------- the papers' arithmetic (meta)
