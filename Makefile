@@ -41,7 +41,7 @@ setup: $(VENV)/.installed-core
 
 # --- the two README commands --------------------------------------------------------------------
 book: $(VENV)/.installed-core
-	$(BIN)/python -m minipeft.core.results --check
+	$(BIN)/python -m minipeft.book.results --check
 	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml --path-output book -W -n --keep-going
 
 test: setup
@@ -52,8 +52,8 @@ lab: $(VENV)/.installed-lab
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 notebooks: setup
-	$(BIN)/python -m minipeft.core.notebooks $(NB)
-	$(BIN)/python -m minipeft.core.results --write-readme
+	$(BIN)/python -m minipeft.book.notebooks $(NB)
+	$(BIN)/python -m minipeft.book.results --write-readme
 
 bench: setup
 	$(BIN)/python -m minipeft.bench

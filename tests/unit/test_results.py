@@ -1,10 +1,10 @@
-"""minipeft.core.results: the per-chapter records and the README table generated from them."""
+"""minipeft.book.results: the per-chapter records and the README table generated from them."""
 
 import json
 
 import pytest
 
-from minipeft.core.results import chapter_table, load_all, record
+from minipeft.book.results import chapter_table, load_all, record
 
 METRICS = {"loss before": (3.5, "nats"), "loss after": (0.2, "nats"), "trainable": (1234, "params"),
            "accuracy": (91.25, "%")}

@@ -1,6 +1,6 @@
 """``make notebooks``: sync ``notebooks/*.py`` → ``.ipynb`` with jupytext and execute them, writing outputs.
 
-Usage: ``python -m minipeft.core.notebooks [NAME ...]`` (default: every chapter). The scale is whatever
+Usage: ``python -m minipeft.book.notebooks [NAME ...]`` (default: every chapter). The scale is whatever
 ``MINIPEFT_SCALE`` says (``ci`` by default on a CPU), so the committed outputs are the ``ci`` run.
 """
 
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+from .paths import book_root
 
 
 def execute(source: Path, timeout_s: int = 1800) -> float:
@@ -28,6 +28,7 @@ def execute(source: Path, timeout_s: int = 1800) -> float:
 
 
 def main(argv: list[str]) -> int:
+    NOTEBOOKS = book_root() / "notebooks"
     wanted = argv or [p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))]
     for name in wanted:
         source = NOTEBOOKS / (Path(name).stem + ".py")
