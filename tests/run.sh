@@ -25,8 +25,7 @@ started=$(date +%s)
 status=$?
 echo "test suite wall time: $(( $(date +%s) - started )) s"
 if [ "$status" -eq 5 ]; then
-  # pytest's exit code 5 means it collected no test at all; say so plainly instead of failing obscurely.
-  echo "WARNING: pytest collected no tests (exit code 5) — nothing was checked." >&2
-  exit 0
+  # pytest's exit code 5 means it collected no test at all: nothing was checked, and that is a failure.
+  echo "ERROR: pytest collected no tests (exit code 5) — nothing was checked." >&2
 fi
 exit "$status"
