@@ -38,9 +38,11 @@ $(VENV)/.installed-lab: $(VENV)/.installed-core
 
 setup: $(VENV)/.installed-core
 	$(BIN)/python -m minipeft.models.prepare
+	bash tools/setup_book_assets.sh
 
 # --- the two README commands --------------------------------------------------------------------
 book: $(VENV)/.installed-core
+	bash tools/setup_book_assets.sh
 	$(BIN)/python -m minipeft.book.results --check
 	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml --path-output book -W -n --keep-going
 
