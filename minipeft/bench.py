@@ -49,10 +49,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .core.contract import CannotMergeError
 from .core.io import atomic_write
 from .core.memory import count_saved_tensors
 from .core.params import count_parameters, freeze, unfreeze
-from .core.scale import default_device, hardware_summary
+from .core.scale import amp_dtype, default_device, hardware_summary
 
 
 @dataclass
@@ -170,14 +171,20 @@ def median_ms(runs: dict, config: BenchConfig, device: torch.device) -> dict[str
     return {name: 1000 * statistics.median(record) for name, record in times.items()}
 
 
-def train_step(model, batch: torch.Tensor):
-    """One full training step as a callable: zero_grad, forward, backward, AdamW update of the trainable weights."""
+def train_step(model, batch: torch.Tensor, autocast: torch.dtype | None = None):
+    """One full training step as a callable: zero_grad, forward, backward, AdamW update of the trainable weights.
+
+    ``autocast``: run the forward under ``torch.autocast`` in this dtype (bf16), as ``TrainConfig(amp=...)`` does.
+    """
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    device_type = batch.device.type
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss_of(model, batch).backward()
+        with torch.autocast(device_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = loss_of(model, batch)
+        loss.backward()
         optimizer.step()
 
     return step
@@ -228,7 +235,7 @@ def measure_method(name: str, model: nn.Module, handle, setup: Setup) -> dict:
         "peft_step_ms": None,
     }
     # Train-step time, in turns with full fine-tuning and with HF peft's model of the same configuration.
-    turns = {"step_ms": train_step(model, batch)}
+    turns = {"step_ms": train_step(model, batch), "bf16_step_ms": train_step(model, batch, torch.bfloat16)}
     if name != "full":
         turns["full_step_ms"] = setup.full_step
     if setup.peft is not None and name in PEFT_EQUIVALENTS:
@@ -243,7 +250,7 @@ def measure_method(name: str, model: nn.Module, handle, setup: Setup) -> dict:
         try:
             handle.merge()
             row["merged"] = True
-        except NotImplementedError:  # adapters, prompts: the update cannot be folded into a weight
+        except CannotMergeError:  # adapters, prompts: the update cannot be folded into a weight
             row["merged"] = False
     turns = {"inference_ms": inference_step(model, batch), "base_inference_ms": inference_step(setup.base, batch)}
     row.update(median_ms(turns, config, device))
@@ -251,6 +258,7 @@ def measure_method(name: str, model: nn.Module, handle, setup: Setup) -> dict:
     row["step_vs_full"] = row["step_ms"] / row["full_step_ms"]
     row["inference_vs_base"] = row["inference_ms"] / row["base_inference_ms"]
     row["step_vs_peft"] = row["step_ms"] / row["peft_step_ms"] if row["peft_step_ms"] else None
+    row["bf16_vs_fp32"] = row["bf16_step_ms"] / row["step_ms"]
     return row
 
 
@@ -314,21 +322,22 @@ def run(config: BenchConfig) -> dict:
         "torch": torch.__version__,
         "methods": rows,
         "skipped": skipped,
-        "notes": [peft_note],
+        "notes": [peft_note, f"mixed precision: amp_dtype({device.type}) = {amp_dtype(device)} on this hardware "
+                  "(TrainConfig(amp='auto') uses it; the bf16 column is measured either way)"],
     }
 
 
 def table(results: dict) -> str:
     """The results as a fixed-width text table."""
-    header = ["method", "trainable", "%", "step ms", "x full", "activ. MiB", "x full", "infer ms", "x base",
-              "merged", "ours/peft"]
+    header = ["method", "trainable", "%", "step ms", "x full", "bf16 ms", "activ. MiB", "x full", "infer ms",
+              "x base", "merged", "ours/peft"]
     lines = [header]
     for name, row in results["methods"].items():
         merged = {True: "yes", False: "NO", None: "-"}[row["merged"]]
         versus_peft = f"{row['step_vs_peft']:.2f}" if row["step_vs_peft"] else "-"
         lines.append([name, f"{row['trainable_parameters']:,}",
                       f"{100 * row['trainable_parameters'] / row['total_parameters']:.3f}",
-                      f"{row['step_ms']:.1f}", f"{row['step_vs_full']:.2f}",
+                      f"{row['step_ms']:.1f}", f"{row['step_vs_full']:.2f}", f"{row['bf16_step_ms']:.1f}",
                       f"{row['activation_bytes'] / 2**20:.2f}", f"{row['activations_vs_full']:.2f}",
                       f"{row['inference_ms']:.1f}", f"{row['inference_vs_base']:.2f}", merged, versus_peft])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
