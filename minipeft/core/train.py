@@ -416,15 +416,20 @@ def train(
     dtype = amp_dtype(device) if config.amp == "auto" else (
         torch.bfloat16 if (device.type == "cuda" if config.amp is None else config.amp) else None)
 
-    # Each stream's optimiser groups, each group remembering its peak rate (the schedule scales it).
+    # Each stream's optimiser groups, each group remembering its peak rate (the schedule scales it). Streams
+    # without groups of their own train every trainable tensor; they share one set of groups.
+    shared_optimizer = single or mix == "joint" or (mix == "alternate" and not separate_optimizers)
+    default_groups = None
     for stream in streams:
         if stream.groups is None:
-            stream.groups = optimizer_groups(model, config.weight_decay)
+            default_groups = default_groups or optimizer_groups(model, config.weight_decay)
+            # One optimiser: the same group objects (a tensor may sit in one group only); several: copies.
+            stream.groups = default_groups if shared_optimizer else [dict(g) for g in default_groups]
         for group in stream.groups:
             group.setdefault("lr", config.lr)
             group["initial_lr"] = group["lr"]
-    if single or mix == "joint" or (mix == "alternate" and not separate_optimizers):
-        merged = [g for s in streams for g in s.groups]
+    if shared_optimizer:
+        merged = list({id(g): g for s in streams for g in s.groups}.values())  # each group once
         shared = torch.optim.AdamW(merged, lr=config.lr, weight_decay=config.weight_decay)
         optimizers = [shared]
         optimizer_of = {s.name: shared for s in streams}

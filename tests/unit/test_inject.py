@@ -157,3 +157,19 @@ def test_undo_restores_requires_grad_flags():
         parameter.requires_grad_(False)
     handle.undo()
     assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
+
+
+def test_a_typo_in_exclude_is_an_error_not_a_silent_no_op():
+    from minipeft.core import find_modules
+    from minipeft.models import tiny_llama
+
+    with pytest.raises(ValueError, match="exclude entry 'lm_haed' matches no module"):
+        find_modules(tiny_llama(), target=["q_proj"], types=nn.Linear, exclude="lm_haed")
+
+
+def test_a_target_entry_matching_only_other_types_is_named_even_beside_a_good_one():
+    from minipeft.core import find_modules
+    from minipeft.models import tiny_llama
+
+    with pytest.raises(ValueError, match="target 'mlp' matches only modules that are not Linear"):
+        find_modules(tiny_llama(), target=["q_proj", "mlp"], types=nn.Linear)

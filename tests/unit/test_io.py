@@ -76,3 +76,30 @@ def test_interrupted_write_keeps_the_old_file(tmp_path):
         atomic_write(path, crash)
     assert path.read_bytes() == b"good"
     assert os.listdir(tmp_path) == ["w.safetensors"]  # the temporary file was cleaned up
+
+
+def test_corrupt_files_are_named_in_the_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from minipeft.core import read_weights
+
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="garbage.safetensors is not a readable safetensors file"):
+        read_weights(garbage)
+    bad_json = tmp_path / "bad_json.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad_json), metadata={"minipeft": "{not json"})
+    with pytest.raises(ValueError, match="bad_json.safetensors has corrupt minipeft metadata"):
+        read_weights(bad_json)
+
+
+def test_load_weights_refuses_non_tensors_and_integer_tensors_before_copying(tmp_path):
+    from minipeft.core import load_weights
+
+    model = nn.Linear(3, 2)
+    before = model.weight.detach().clone()
+    with pytest.raises(ValueError, match="is a list, not a tensor"):
+        load_weights(model, {"weight": torch.ones(2, 3), "bias": [0.0, 0.0]}, strict=False)
+    with pytest.raises(ValueError, match="dtype torch.int64"):
+        load_weights(model, {"weight": torch.ones(2, 3), "bias": torch.zeros(2, dtype=torch.long)}, strict=False)
+    assert torch.equal(model.weight, before)

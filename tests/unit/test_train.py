@@ -131,3 +131,116 @@ def test_parameter_groups_with_their_own_learning_rates():
     train(model, data, loss_fn, config(steps=1, warmup_steps=0, lr=0.0, schedule="constant"), groups=groups)
     assert not torch.equal(before[0], fast.weight)  # its own lr of 0.05 moved it
     assert torch.equal(before[1], slow.weight)  # config.lr = 0 left it alone
+
+
+def test_resume_refuses_a_changed_configuration_naming_both_values(tmp_path):
+    checkpoint = str(tmp_path / "run.safetensors")
+    model, data = problem()
+    train(model, data, loss_fn, config(steps=10, checkpoint=checkpoint, checkpoint_every=5))
+    model, data = problem()
+    with pytest.raises(ValueError, match="lr=0.05 in the checkpoint but 0.1 now"):
+        train(model, data, loss_fn, config(steps=10, lr=0.1, checkpoint=checkpoint, resume=True))
+    # What does not change the weights (progress bar, evaluation cadence) may change.
+    history = train(model, data, loss_fn, config(steps=10, checkpoint=checkpoint, resume=True, eval_every=3))
+    assert len(history.loss) == 10 and history.steps == list(range(1, 11))
+
+
+def test_resume_checks_every_shape_before_copying_anything(tmp_path):
+    checkpoint = str(tmp_path / "run.safetensors")
+    model, data = problem()
+    train(model, data, loss_fn, config(steps=4, checkpoint=checkpoint))
+    wider = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))  # broadcastable (1,) vs (2,)
+    before = {n: p.detach().clone() for n, p in wider.named_parameters()}
+    with pytest.raises(ValueError, match="has shape"):
+        train(wider, data, loss_fn, config(steps=4, checkpoint=checkpoint, resume=True))
+    assert all(torch.equal(before[n], p) for n, p in wider.named_parameters())  # not even the first layer loaded
+
+
+def test_history_records_the_rate_the_optimiser_used():
+    model, data = problem()
+    groups = [{"params": list(model[0].parameters()), "lr": 0.02}, {"params": list(model[3].parameters())}]
+    history = train(model, data, loss_fn, config(steps=4, warmup_steps=0, schedule="constant"), groups=groups)
+    assert history.lr == [0.02] * 4  # the first group's rate, not config.lr
+
+
+def test_train_leaves_the_model_in_the_mode_it_was_given():
+    model, data = problem()
+    model.eval()
+    train(model, data, loss_fn, config(steps=2))
+    assert not model.training
+    model.train()
+    train(model, data, loss_fn, config(steps=2))
+    assert model.training
+
+
+def two_streams():
+    """Two tasks on one model: stream a trains the first layer, stream b the last (separate groups)."""
+    model, data = problem()
+    first = {"params": list(model[0].parameters())}
+    last = {"params": list(model[3].parameters())}
+    return model, data, first, last
+
+
+def test_alternating_streams_with_separate_optimisers_move_only_their_own_groups():
+    from minipeft.core import Stream
+
+    model, data, first, last = two_streams()
+    snapshots = []
+
+    def watching(model, batch):
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        return loss_fn(model, batch)
+
+    streams = [Stream("a", data, watching, groups=[first]), Stream("b", data, watching, batch_size=4, groups=[last])]
+    history = train(model, streams, config=config(steps=3), mix="alternate")
+    assert set(history.streams) == {"a", "b"} and len(history.streams["b"].loss) == 3
+    # Between the a-call and the next b-call only the first layer moved; between b and the next a only the last.
+    for a_call, b_call, next_a in zip(snapshots[0::2], snapshots[1::2], snapshots[2::2]):
+        moved_by_a = [not torch.equal(x, y) for x, y in zip(a_call, b_call)]
+        moved_by_b = [not torch.equal(x, y) for x, y in zip(b_call, next_a)]
+        assert moved_by_a == [True, True, False, False] and moved_by_b == [False, False, True, True]
+    assert all(p.requires_grad for p in model.parameters())  # restored
+
+
+def test_joint_streams_sum_the_weighted_losses():
+    from minipeft.core import Stream
+
+    model, data, first, last = two_streams()
+    reference, _ = problem()
+    model[2], reference[2] = nn.Identity(), nn.Identity()  # no dropout: stream b's forward draws no random numbers
+    streams = [Stream("a", data, loss_fn, weight=1.0), Stream("b", data, loss_fn, weight=0.0)]
+    history = train(model, streams, config=config(steps=3))
+    single = train(reference, data, loss_fn, config(steps=3))  # stream a alone, same seed and data order
+    assert history.loss == pytest.approx(single.loss)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+
+
+def test_staged_streams_train_one_after_the_other():
+    from minipeft.core import Stream
+
+    model, data, first, last = two_streams()
+    calls = []
+
+    def tagged(tag):
+        def loss(model, batch):
+            calls.append(tag)
+            return loss_fn(model, batch)
+        return loss
+
+    streams = [Stream("stage1", data, tagged(1), groups=[first], steps=2),
+               Stream("stage2", data, tagged(2), groups=[last], steps=3)]
+    history = train(model, streams, config=config(steps=5, warmup_steps=2), mix="staged")
+    assert calls == [1, 1, 2, 2, 2]
+    assert history.streams["stage2"].lr[0] < history.streams["stage2"].lr[1]  # each stage warms up again
+    with pytest.raises(ValueError, match="add up to 5 but config.steps is 6"):
+        train(model, streams, config=config(steps=6), mix="staged")
+
+
+def test_amp_auto_follows_the_hardware_helper():
+    from minipeft.core import amp_dtype
+
+    assert amp_dtype("cpu") in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="amp="):
+        TrainConfig(amp="fp8")
+    model, data = problem()
+    train(model, data, loss_fn, config(steps=2, amp="auto"))  # runs whichever the helper picks
