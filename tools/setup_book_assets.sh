@@ -3,6 +3,7 @@
 #   * MathJax 3, served from the site itself (the build copies .cache/book-static/ into _static/), so that math
 #     renders with the network off. Source: the npm package `mathjax` (pinned below).
 #   * Chromium (Debian's package), which tests/test_book.py drives headless to check the built pages.
+#   * espeak-ng (Debian), which speaks the words in the multimodal clips (minipeft.datasets.world).
 # Safe to run again: each step first checks whether its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,4 +62,13 @@ else
   else
     echo "setup_book_assets: WARNING: no chromium; tests/test_book.py's browser test will be skipped." >&2
   fi
+fi
+
+# --- espeak-ng (spoken words in the multimodal world's clips, minipeft.datasets.world) -----------------------------
+if command -v espeak-ng >/dev/null 2>&1; then
+  echo "setup_book_assets: espeak-ng already installed"
+elif apt_install espeak-ng; then
+  echo "setup_book_assets: espeak-ng installed"
+else
+  echo "setup_book_assets: WARNING: no espeak-ng; clips are made without speech and the speech tests skip." >&2
 fi
