@@ -155,3 +155,19 @@ def replace_module(model: nn.Module, name: str, new_module: nn.Module) -> nn.Mod
 def module_names(model: nn.Module, types: type | tuple[type, ...] | None = None) -> Iterable[str]:
     """Qualified names of all submodules (optionally only of some types): handy for choosing targets."""
     return [n for n, m in model.named_modules() if n and (types is None or isinstance(m, types))]
+
+
+def default_targets(model: nn.Module, defaults: dict, config_name: str, example: str) -> tuple[str, ...]:
+    """The target modules a method uses on a known ``transformers`` architecture when its config names none.
+
+    ``defaults`` maps ``model.config.model_type`` to module names; an unknown architecture is an error that says how
+    to name the layers instead (``example``, e.g. ``"['q_proj', 'v_proj']"``).
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in defaults:
+        raise ValueError(
+            f"{config_name}.target_modules is None and there is no default for a {type(model).__name__} "
+            f"(model_type {model_type!r}); name the layers to adapt, e.g. {config_name}(target_modules={example}) — "
+            "minipeft.core.module_names(model, nn.Linear) lists the candidates."
+        )
+    return tuple(defaults[model_type])

@@ -508,7 +508,7 @@ def test_apply_errors():
         apply(model, config("lora"))
     with pytest.raises(ValueError, match="reduction_factor"):
         apply(tiny_bert(), config("adapter", reduction_factor=128))
-    with pytest.raises(ValueError, match="no adapter default"):
+    with pytest.raises(ValueError, match="there is no default for a Sequential"):
         apply(nn.Sequential(nn.Linear(4, 4)), config("adapter"))
     with pytest.raises(TypeError, match="ProPETLConfig"):
         apply(tiny_bert(), object())
