@@ -139,15 +139,15 @@ def joint_train(model: nn.Module, handle: LlamaAdapterHandle, image_text_data: S
 
 def count_llama_adapter_parameters(model_config, adapter_len: int = 10, adapter_layers: int | None = 30,
                                    v2: bool = False, **options) -> dict[str, int]:
-    """Count the trainable parameters of LLaMA-Adapter on a model of this shape, built on the meta device.
+    r"""Count the trainable parameters of LLaMA-Adapter on a model of this shape, built on the meta device.
 
     The model is built with ``torch.device("meta")`` (shapes only, no memory: LLaMA-65B takes a fraction of a
     second), the method is applied to it, and its trainable tensors are counted by kind. So the counts are those of
     the real method, not of a formula; the tests check them against the closed forms
 
     * v1: prompts :math:`K L C`, gates :math:`L H` (or :math:`L`);
-    * V2: biases :math:`L_{tot} \\sum \\text{out}`, scales :math:`L_{tot} \\sum \\text{out}` (``scale_on="output"``) or
-      :math:`L_{tot} \\sum \\text{in}` (``"input"``) over the 7 linear layers, norms :math:`(2 L_{tot} + 1) C`.
+    * V2: biases :math:`L_{tot} \sum \text{out}`, scales :math:`L_{tot} \sum \text{out}` (``scale_on="output"``) or
+      :math:`L_{tot} \sum \text{in}` (``"input"``) over the 7 linear layers, norms :math:`(2 L_{tot} + 1) C`.
 
     Args:
         model_config: a ``transformers.LlamaConfig`` or a dict of its fields, e.g. LLaMA-7B:

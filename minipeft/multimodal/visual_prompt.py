@@ -7,7 +7,7 @@ features to ``n`` vectors of the language model's width, the **visual prompt tok
 them like word embeddings (or, in LLaMA-Adapter, like its adaptation prompts).
 
 :class:`VisualProjection` takes the encoder's features as they come — the pooled image vector ``(B, C)``, the grid of
-``N`` feature vectors ``(B, N, C)`` (EfficientNet-Lite0: ``N = 7 \times 7 = 49``), or both — and returns
+``N`` feature vectors ``(B, N, C)`` (EfficientNet-Lite0: :math:`N = 7 \times 7 = 49`), or both — and returns
 ``(B, n, d)``:
 
 $$X = \mathrm{LN}(F W_p + b_p) \in \mathbb{R}^{N \times d}
@@ -112,8 +112,8 @@ class VisualProjection(nn.Module):
 
     @staticmethod
     def count(in_features: int, out_features: int, num_tokens: int) -> int:
-        """The closed-form parameter count :math:`C d + n d + 5 d`."""
-        return in_features * out_features + num_tokens * out_features + 5 * out_features
+        r"""The closed-form parameter count :math:`C d + n d + 5 d`."""
+        return in_features * out_features + num_tokens * out_features + 5 * out_features  # C d + n d + 5 d
 
     def forward(self, features: Any = None, *, pooled: torch.Tensor | None = None,
                 tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,22 +125,23 @@ class VisualProjection(nn.Module):
             pooled, tokens: the same, by name.
         """
         pooled, tokens = _as_features(features, pooled, tokens)
+        # A pooled vector is a sequence of one feature: (B, C) -> (B, 1, C); the grid is (B, N, C).
         parts = ([pooled.unsqueeze(1)] if pooled is not None else []) + ([tokens] if tokens is not None else [])
         if len(parts) == 2 and parts[0].shape[0] != parts[1].shape[0]:
             raise ValueError(f"pooled and token features have different batch sizes "
                              f"({parts[0].shape[0]} and {parts[1].shape[0]}).")
-        grid = torch.cat(parts, dim=1) if len(parts) == 2 else parts[0]  # (B, N, C)
+        grid = torch.cat(parts, dim=1) if len(parts) == 2 else parts[0]  # F: (B, N, C), N = 1 + 49 with both
         if grid.shape[-1] != self.in_features:
             raise ValueError(f"the image features are {grid.shape[-1]} wide but this projection expects "
                              f"in_features={self.in_features}; build VisualProjection(in_features="
                              f"{grid.shape[-1]}, ...) for this encoder.")
         grid = grid.to(self.proj.weight.dtype)
-        x = self.proj_norm(self.proj(grid))  # X: (B, N, d)
+        x = self.proj_norm(self.proj(grid))  # X = LN(F W_p + b_p): (B, N, d)
         queries = self.queries.unsqueeze(0)  # Q: (1, n, d)
         # Each query reads a weighted average of the projected features (no extra weights: X is key and value).
-        scores = queries @ x.transpose(1, 2) / math.sqrt(self.out_features)  # (B, n, N)
-        pooled_features = scores.softmax(dim=-1) @ x  # (B, n, d)
-        return self.out_norm(queries + pooled_features)  # V: (B, n, d)
+        scores = queries @ x.transpose(1, 2) / math.sqrt(self.out_features)  # Q X^T / sqrt(d): (B, n, N)
+        pooled_features = scores.softmax(dim=-1) @ x  # softmax(Q X^T / sqrt(d)) X: (B, n, d)
+        return self.out_norm(queries + pooled_features)  # V = LN(Q + softmax(Q X^T / sqrt(d)) X): (B, n, d)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, num_tokens={self.num_tokens}"

@@ -215,12 +215,13 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # A(h) = f(h W_down + b_down) W_up + b_up
         return self.up(self.act(self.down(h)))  # (..., d) -> (..., m) -> (..., d)
 
 
 def _update(adapter: BottleneckAdapter, h: torch.Tensor, scaling: float) -> torch.Tensor:
     """``scaling * A(h)``, computed in the adapter's dtype (fp32 even on a half-precision base) and cast back."""
-    return (scaling * adapter(h.to(adapter.down.weight.dtype))).to(h.dtype)
+    return (scaling * adapter(h.to(adapter.down.weight.dtype))).to(h.dtype)  # s * A(h)
 
 
 def _check_tensor(y, base_layer: nn.Module) -> torch.Tensor:
@@ -232,71 +233,58 @@ def _check_tensor(y, base_layer: nn.Module) -> torch.Tensor:
     return y
 
 
-class SequentialAdapterLayer(nn.Module):
+class AdapterWrapper(nn.Module):
+    r"""What the three placements share: the frozen ``base_layer``, the ``adapter`` :math:`A` and its scale :math:`s`;
+    they differ only in what the adapter reads and where its update joins (their ``forward``)."""
+
+    minipeft_method = "adapter"
+    adapter_tensor_names = ("adapter",)
+    can_merge = False
+    merge_refusal = ADAPTER_REFUSAL
+
+    def __init__(self, base_layer: nn.Module, adapter: BottleneckAdapter, scaling: float = 1.0):
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapter = adapter
+        self.scaling = scaling
+
+
+class SequentialAdapterLayer(AdapterWrapper):
     r"""Houlsby / Pfeiffer placement around ``base``: returns :math:`y + s\,A(y)`, :math:`y = \mathrm{base}(x)`.
 
     The adapter reads the module's output and adds its update to it — the adapter's internal skip connection.
     """
 
-    minipeft_method = "adapter"
-    adapter_tensor_names = ("adapter",)
-    can_merge = False
-    merge_refusal = ADAPTER_REFUSAL
-
-    def __init__(self, base_layer: nn.Module, adapter: BottleneckAdapter, scaling: float = 1.0):
-        super().__init__()
-        self.base_layer = base_layer
-        self.adapter = adapter
-        self.scaling = scaling
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        y = _check_tensor(self.base_layer(*args, **kwargs), self.base_layer)
-        # The adapter's own skip connection: h <- h + f(h W_down) W_up, with h the module's output.
+        y = _check_tensor(self.base_layer(*args, **kwargs), self.base_layer)  # y = base(x)
+        # The adapter's own skip connection: y + s A(y), i.e. h <- h + f(h W_down) W_up with h the module's output.
         return y + _update(self.adapter, y, self.scaling)
 
 
-class ParallelAdapterLayer(nn.Module):
+class ParallelAdapterLayer(AdapterWrapper):
     r"""Parallel placement around a sublayer ``base`` (e.g. LLaMA's ``mlp``): returns :math:`\mathrm{base}(x)+s\,A(x)`.
 
     ``x`` is the first positional input of ``base``; any further arguments are passed through to it unchanged.
     """
 
-    minipeft_method = "adapter"
-    adapter_tensor_names = ("adapter",)
-    can_merge = False
-    merge_refusal = ADAPTER_REFUSAL
-
-    def __init__(self, base_layer: nn.Module, adapter: BottleneckAdapter, scaling: float = 1.0):
-        super().__init__()
-        self.base_layer = base_layer
-        self.adapter = adapter
-        self.scaling = scaling
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = _check_tensor(self.base_layer(x, *args, **kwargs), self.base_layer)
+        y = _check_tensor(self.base_layer(x, *args, **kwargs), self.base_layer)  # y = base(x)
         # He et al.: the adapter reads the sublayer's input x, and its update joins the sublayer's output.
-        return y + _update(self.adapter, x, self.scaling)
+        return y + _update(self.adapter, x, self.scaling)  # base(x) + s A(x)
 
 
-class PostNormParallelAdapterLayer(nn.Module):
+class PostNormParallelAdapterLayer(AdapterWrapper):
     r"""Parallel placement for a post-norm output module ``base(z, h) = LN(sublayer(z) + h)`` (BERT's ``BertOutput``).
 
     ``h`` is the residual and also the FFN's input, so passing ``h + s * A(h)`` as the residual gives
     :math:`\mathrm{LN}(\mathrm{FFN}(h) + h + s\,A(h))` — the parallel adapter, added before the LayerNorm.
     """
 
-    minipeft_method = "adapter"
-    adapter_tensor_names = ("adapter",)
-    can_merge = False
-    merge_refusal = ADAPTER_REFUSAL
-
-    def __init__(self, base_layer: nn.Module, adapter: BottleneckAdapter, scaling: float = 1.0):
-        super().__init__()
-        self.base_layer = base_layer
-        self.adapter = adapter
-        self.scaling = scaling
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        # LN(FFN(h) + h + s A(h)): base adds its residual h + s A(h) before its LayerNorm; h = input_tensor.
         return self.base_layer(hidden_states, input_tensor + _update(self.adapter, input_tensor, self.scaling))
 
 

@@ -208,11 +208,11 @@ class GloraLowRank(nn.Module):
 
     def value(self, choice: str) -> torch.Tensor | None:
         if choice == "lora":
-            return self.Xd @ self.Xu  # (rows, r) @ (r, cols) -> (rows, cols)
+            return self.Xd @ self.Xu  # X_d X_u: (rows, r) @ (r, cols) -> (rows, cols)
         if choice == "vector":
-            return self.Xd[:, :1]  # (rows, 1): broadcasts along the columns
+            return self.Xd[:, :1]  # X_d[:, 0] as a column, (rows, 1): broadcasts along the columns
         if choice == "constant":
-            return self.Xd[0, 0]  # ()
+            return self.Xd[0, 0]  # X_d[0, 0]: ()
         return None  # "none"
 
 
@@ -225,9 +225,9 @@ class GloraVector(nn.Module):
 
     def value(self, choice: str) -> torch.Tensor | None:
         if choice == "vector":
-            return self.X  # (d_out,)
+            return self.X  # X: (d_out,)
         if choice == "constant":
-            return self.X[0]  # ()
+            return self.X[0]  # X[0]: ()
         return None
 
 
@@ -287,7 +287,7 @@ class GloraLinear(nn.Module):
 
     def effective_weight_and_bias(self, path: Mapping[str, str] | None = None) -> tuple[torch.Tensor,
                                                                                           torch.Tensor | None]:
-        """:math:`W' = W_0 + W_0 \\odot A + B` and :math:`b' = b_0 + b_0 \\odot D + E + W_0 C` for ``path``
+        r""":math:`W' = W_0 + W_0 \odot A + B` and :math:`b' = b_0 + b_0 \odot D + E + W_0 C` for ``path``
         (default ``self.path``), in the support tensors' dtype; :math:`b'` is ``None`` when there is no bias term."""
         path = self.path if path is None else path
         A, B, C, D, E = (getattr(self, f"glora_{t}").value(path[t]) for t in SUPPORT_TENSORS)
@@ -297,19 +297,19 @@ class GloraLinear(nn.Module):
 
         weight = W0
         if A is not None:
-            weight = weight + W0 * A  # A: (d_out, d_in), (d_out, 1) or a scalar
+            weight = weight + W0 * A  # W_0 + W_0 ⊙ A; A: (d_out, d_in), (d_out, 1) or a scalar
         if B is not None:
-            weight = weight + B
+            weight = weight + B  # W' = W_0 + W_0 ⊙ A + B
         bias = b0
         if b0 is not None and D is not None:
-            bias = bias + b0 * D  # without b0 this term is zero: D does nothing on a bias-less layer
+            bias = bias + b0 * D  # b_0 + b_0 ⊙ D; without b_0 this term is zero: D does nothing on a bias-less layer
         if E is not None or C is not None:
             if bias is None:  # a bias-less layer gets the bias E + W0 C
                 bias = W0.new_zeros(W0.shape[0])
             if E is not None:
-                bias = bias + E
+                bias = bias + E  # + E
             if C is not None:
-                bias = bias + (W0 @ C).squeeze(-1)  # (d_out, d_in) @ (d_in, 1) -> (d_out,)
+                bias = bias + (W0 @ C).squeeze(-1)  # + W_0 C: (d_out, d_in) @ (d_in, 1) -> (d_out,)
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -319,11 +319,11 @@ class GloraLinear(nn.Module):
         if self.supernet:  # train every sub-network: a fresh random path per forward
             path = self.sampled_path = self.sample_path(self.generator)
         weight, bias = self.effective_weight_and_bias(path)
-        return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+        return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)  # y = W' x + b'
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Structural re-parameterisation: write :math:`W'` and :math:`b'` of ``self.path`` into the base layer.
+        r"""Structural re-parameterisation: write :math:`W'` and :math:`b'` of ``self.path`` into the base layer.
 
         A base layer without a bias gets a (frozen) bias parameter when the path produces one (C or E not
         ``"none"``); :meth:`unmerge` removes it again.
@@ -337,27 +337,27 @@ class GloraLinear(nn.Module):
         base = self.base_layer
         self.original_weight = base.weight.detach().clone()
         self.original_bias = None if base.bias is None else base.bias.detach().clone()
-        base.weight.copy_(weight.to(base.weight.dtype))
+        base.weight.copy_(weight.to(base.weight.dtype))  # W <- W'
         if bias is not None:
             if base.bias is None:
-                base.bias = nn.Parameter(bias.to(base.weight.dtype), requires_grad=False)
+                base.bias = nn.Parameter(bias.to(base.weight.dtype), requires_grad=False)  # b <- b' = E + W_0 C
                 self.added_bias = True
             else:
-                base.bias.copy_(bias.to(base.bias.dtype))
+                base.bias.copy_(bias.to(base.bias.dtype))  # b <- b'
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Put :math:`W_0` and :math:`b_0` back exactly (from the copy merge took), removing a bias merge created."""
+        r"""Put :math:`W_0` and :math:`b_0` back exactly (from the copy merge took), removing a bias merge created."""
         if not self.merged:
             raise ValueError("this GLoRA layer is not merged; there is nothing to unmerge.")
         base = self.base_layer
-        base.weight.copy_(self.original_weight)
+        base.weight.copy_(self.original_weight)  # W <- W_0
         if self.added_bias:
             base.bias = None
             self.added_bias = False
         elif base.bias is not None:
-            base.bias.copy_(self.original_bias)
+            base.bias.copy_(self.original_bias)  # b <- b_0
         self.original_weight = self.original_bias = None
         self.merged = False
 
@@ -487,7 +487,7 @@ def supernet(handle: Handle, enabled: bool, seed: int | None = None) -> None:
 
 
 def path_cost(path: Mapping[str, str], in_features: int, out_features: int, r: int) -> int:
-    """Parameters one layer's path uses: LoRA :math:`r(d_{out}+d_{in})` (C: :math:`r(d_{in}+1)`), vector
+    r"""Parameters one layer's path uses: LoRA :math:`r(d_{out}+d_{in})` (C: :math:`r(d_{in}+1)`), vector
     :math:`d_{out}` (C: :math:`d_{in}`), constant 1, none 0 — the code's ``get_param``."""
     path = _check_path(path)
     cost = 0

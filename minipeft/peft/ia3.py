@@ -175,40 +175,44 @@ class IA3Linear(nn.Module):
         if self.is_feedforward:
             # (l_ff ⊙ γ(W_1 x)) W_2: the wrapper's input is the FFN's intermediate activation.
             return self.base_layer((x * self.ia3_l).to(x.dtype))  # (..., d_in) * (d_in,)
-        y = self.base_layer(x)
-        # l_k ⊙ K or l_v ⊙ V: scale the projection's output, channel by channel.
+        y = self.base_layer(x)  # W x + b
+        # y = l ⊙ (W x + b), i.e. l_k ⊙ K or l_v ⊙ V: scale the projection's output, channel by channel.
         return (y * self.ia3_l).to(y.dtype)  # (..., d_out) * (d_out,)
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold ``l`` into the base layer: ``W' = diag(l) W, b' = l ⊙ b`` (output) or ``W' = W diag(l)`` (input)."""
+        r"""Fold :math:`l` into the base layer: :math:`W' = \mathrm{diag}(l)\,W,\ b' = l \odot b` (output) or
+        :math:`W' = W\,\mathrm{diag}(l)` (input)."""
         if self.merged:
             raise ValueError("this (IA)³ layer is already merged; merging again would multiply by l twice.")
         weight, bias = self.base_layer.weight, self.base_layer.bias
         vector = self.ia3_l.detach().clone()
         if self.is_feedforward:
+            # W' = W diag(l): column j of W times l_j
             weight.copy_((weight * vector[None, :]).to(weight.dtype))  # (d_out, d_in) * (1, d_in): columns
         else:
+            # W' = diag(l) W: row i of W times l_i
             weight.copy_((weight * vector[:, None]).to(weight.dtype))  # (d_out, d_in) * (d_out, 1): rows
             if bias is not None:
-                bias.copy_((bias * vector).to(bias.dtype))
+                bias.copy_((bias * vector).to(bias.dtype))  # b' = l ⊙ b
         self._merged_vector = vector
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Divide the merged vector back out of ``W`` (and ``b``): exact up to rounding, impossible where l = 0."""
+        r"""Divide the merged vector back out of :math:`W` (and :math:`b`): exact up to rounding, impossible where
+        an entry :math:`l_i = 0`."""
         if not self.merged:
             raise ValueError("this (IA)³ layer is not merged; there is nothing to unmerge.")
         self.check_unmergeable()
         weight, bias = self.base_layer.weight, self.base_layer.bias
         vector = self._merged_vector.to(weight.device)
         if self.is_feedforward:
-            weight.copy_((weight / vector[None, :]).to(weight.dtype))  # (d_out, d_in) / (1, d_in)
+            weight.copy_((weight / vector[None, :]).to(weight.dtype))  # W = W' diag(l)^-1: (d_out, d_in) / (1, d_in)
         else:
-            weight.copy_((weight / vector[:, None]).to(weight.dtype))  # (d_out, d_in) / (d_out, 1)
+            weight.copy_((weight / vector[:, None]).to(weight.dtype))  # W = diag(l)^-1 W': (d_out, d_in) / (d_out, 1)
             if bias is not None:
-                bias.copy_((bias / vector).to(bias.dtype))
+                bias.copy_((bias / vector).to(bias.dtype))  # b = b' ⊘ l
         self._merged_vector = None
         self.merged = False
 
@@ -216,7 +220,7 @@ class IA3Linear(nn.Module):
         """Raise ``ValueError`` if the merged vector has a zero entry (division cannot bring that row/column back)."""
         if not self.merged:
             return
-        zeros = (self._merged_vector == 0).nonzero().flatten().tolist()
+        zeros = (self._merged_vector == 0).nonzero().flatten().tolist()  # indices i with l_i = 0: (n, 1) -> [n]
         if zeros:
             lost = "columns" if self.is_feedforward else "rows"
             raise ValueError(

@@ -136,13 +136,13 @@ FUSIONS = ("early", "add")
 
 @dataclass
 class LlamaAdapterConfig(MethodConfig):
-    """LLaMA-Adapter v1: ``adapter_len`` prompt tokens in each of the top ``adapter_layers`` layers, zero-init gates.
+    r"""LLaMA-Adapter v1: ``adapter_len`` prompt tokens in each of the top ``adapter_layers`` layers, zero-init gates.
 
     Args:
         adapter_len: prompt length ``K`` (paper: 10).
         adapter_layers: how many layers, counted from the top, get a prompt (``L``; paper: 30 of LLaMA-7B's 32).
             ``None``: every layer (V2 with early fusion: every layer not taken by the visual prompt).
-        gate: ``"tanh"`` (the official training code: :math:`\\tanh(g)`) or ``"raw"`` (the paper's equation, the
+        gate: ``"tanh"`` (the official training code: :math:`\tanh(g)`) or ``"raw"`` (the paper's equation, the
             official inference code and peft: :math:`g`).
         gate_per_head: one gate per attention head (paper, official code) or one per layer (peft).
     """
@@ -164,14 +164,14 @@ class LlamaAdapterConfig(MethodConfig):
 
 @dataclass
 class LlamaAdapterV2Config(LlamaAdapterConfig):
-    """LLaMA-Adapter V2: v1's prompts plus trainable norms, bias and scale on every linear layer, and visual prompts.
+    r"""LLaMA-Adapter V2: v1's prompts plus trainable norms, bias and scale on every linear layer, and visual prompts.
 
     Args:
         adapter_len, adapter_layers, gate, gate_per_head: as in :class:`LlamaAdapterConfig` (the static prompts).
         train_norms: unfreeze every RMSNorm / LayerNorm weight of the language model.
         bias_scale: wrap every linear layer of every decoder layer in :class:`BiasScaleLinear`.
-        scale_on: ``"output"`` (the paper: :math:`s \\odot (Wx + b)`) or ``"input"`` (the official chat-65B code:
-            :math:`W(s \\odot x) + b`).
+        scale_on: ``"output"`` (the paper: :math:`s \odot (Wx + b)`) or ``"input"`` (the official chat-65B code:
+            :math:`W(s \odot x) + b`).
         visual_dim: width ``C`` of the image features fed to the default :class:`VisualProjection` (EfficientNet-Lite0:
             1280). ``None``: no visual path (unless ``apply`` gets a ``visual_projection`` module).
         visual_len: number of visual prompt tokens the projection produces.
@@ -214,8 +214,8 @@ class LlamaAdapterV2Config(LlamaAdapterConfig):
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     """RoPE's rotation in the half-split layout LLaMA uses in ``transformers``: ``(x1, x2) -> (-x2, x1)``."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+    x1, x2 = x.chunk(2, dim=-1)  # (..., hd/2) each
+    return torch.cat([-x2, x1], dim=-1)  # (..., hd)
 
 
 class _VisualInput:
@@ -309,8 +309,8 @@ class AdaptedAttention(nn.Module):
         return tokens if prompt is None else prompt + tokens  # (B, K, d)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        result = self.base_layer(hidden_states, *args, **kwargs)
-        output = result[0] if isinstance(result, tuple) else result
+        result = self.base_layer(hidden_states, *args, **kwargs)  # Linear_o(Attn_h(t_l, T_l)): the frozen attention
+        output = result[0] if isinstance(result, tuple) else result  # (B, T, d)
         B, T, _ = hidden_states.shape
         prompt = self.prompt(B)
         if prompt is None:
@@ -326,13 +326,14 @@ class AdaptedAttention(nn.Module):
         # The words' queries, rotated as in the frozen attention (the prompt's keys are not: they have no position).
         q = attention.q_proj(hidden_states).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
         cos, sin = position_embeddings  # (B, T, hd) each
-        q = q * cos.unsqueeze(1) + _rotate_half(q) * sin.unsqueeze(1)
+        q = q * cos.unsqueeze(1) + _rotate_half(q) * sin.unsqueeze(1)  # RoPE(q); cos, sin -> (B, 1, T, hd)
 
         # The prompt's keys and values, from the layer's own (frozen) projections.
         prompt = prompt.to(dtype)
         if prompt.dim() == 2:
             prompt = prompt.unsqueeze(0)  # (1, K, d): the same prompt for every row
         P_rows, K = prompt.shape[:2]
+        # (P W_k)_h and (P W_v)_h
         k = attention.k_proj(prompt).view(P_rows, K, H_kv, hd).transpose(1, 2)  # (P_rows, H_kv, K, hd)
         v = attention.v_proj(prompt).view(P_rows, K, H_kv, hd).transpose(1, 2)  # (P_rows, H_kv, K, hd)
         # Grouped-query attention: query head h reads key/value head h // (H / H_kv).
@@ -340,17 +341,18 @@ class AdaptedAttention(nn.Module):
         v = v.repeat_interleave(H // H_kv, dim=1)  # (P_rows, H, K, hd)
 
         # softmax(S^K) over the K prompt tokens only, separate from the words' softmax; then the gate.
-        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)  # (B, H, T, K)
-        probabilities = F.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
-        gate = self.adaption_gate.tanh() if self.gate == "tanh" else self.adaption_gate
+        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)  # S^K = q_h (P W_k)_h^T / sqrt(d_h): (B, H, T, K)
+        probabilities = F.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)  # softmax(S^K)
+        gate = self.adaption_gate.tanh() if self.gate == "tanh" else self.adaption_gate  # gamma(g), tanh or identity
         gated = gate.to(dtype).view(1, -1, 1, 1) * probabilities  # (B, H, T, K) * (1, H or 1, 1, 1)
-        heads = (gated @ v).transpose(1, 2).reshape(B, T, H * hd)  # (B, T, H*hd)
+        # gamma(g_h) softmax(S^K) (P W_v)_h for every head h, heads concatenated
+        heads = (gated @ v).transpose(1, 2).reshape(B, T, H * hd)  # (B, H, T, hd) -> (B, T, H, hd) -> (B, T, H*hd)
 
         # Linear_o(S^g V) is applied to the sum of both attention outputs: adding o_proj's *linear* part of the
         # adapter heads, o(a) - o(0), to o(attention) is that sum even when o_proj has a bias (V2's b).
         o_proj = attention.o_proj
         adapter = o_proj(heads) - o_proj(heads.new_zeros(heads.shape[-1]))  # (B, T, d)
-        output = output + adapter
+        output = output + adapter  # t^o = Linear_o(Attn_h(t_l, T_l) + gated prompt term)
         return (output, *result[1:]) if isinstance(result, tuple) else output
 
     def extra_repr(self) -> str:
@@ -400,10 +402,10 @@ class BiasScaleLinear(nn.Module):
         if self.merged:  # s and b already live in W and the base bias
             return self.base_layer(x)
         if self.scale_on == "output":
-            y = self.base_layer(x)
-            return ((y + self.adapter_bias) * self.adapter_scale).to(y.dtype)  # s ⊙ (Wx + b0 + b)
-        y = self.base_layer((x * self.adapter_scale).to(x.dtype))  # W (s ⊙ x) + b0
-        return (y + self.adapter_bias).to(y.dtype)
+            y = self.base_layer(x)  # W x + b_0
+            return ((y + self.adapter_bias) * self.adapter_scale).to(y.dtype)  # y = s ⊙ (W x + b_0 + b)
+        y = self.base_layer((x * self.adapter_scale).to(x.dtype))  # W (s ⊙ x) + b_0
+        return (y + self.adapter_bias).to(y.dtype)  # y = W (s ⊙ x) + b_0 + b
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -414,14 +416,14 @@ class BiasScaleLinear(nn.Module):
         scale, bias = self.adapter_scale.detach().clone(), self.adapter_bias.detach().clone()
         created = self.base_layer.bias is None
         if created:
-            self.base_layer.bias = nn.Parameter(torch.zeros_like(weight[:, 0]), requires_grad=False)  # b0 = 0
+            self.base_layer.bias = nn.Parameter(torch.zeros_like(weight[:, 0]), requires_grad=False)  # b_0 = 0
         base_bias = self.base_layer.bias
         if self.scale_on == "output":
-            weight.copy_((weight * scale[:, None]).to(weight.dtype))  # (out, in) * (out, 1): rows
-            base_bias.copy_(((base_bias + bias) * scale).to(base_bias.dtype))
+            weight.copy_((weight * scale[:, None]).to(weight.dtype))  # W' = diag(s) W: (out, in) * (out, 1), rows
+            base_bias.copy_(((base_bias + bias) * scale).to(base_bias.dtype))  # b' = s ⊙ (b_0 + b)
         else:
-            weight.copy_((weight * scale[None, :]).to(weight.dtype))  # (out, in) * (1, in): columns
-            base_bias.copy_((base_bias + bias).to(base_bias.dtype))
+            weight.copy_((weight * scale[None, :]).to(weight.dtype))  # W' = W diag(s): (out, in) * (1, in), columns
+            base_bias.copy_((base_bias + bias).to(base_bias.dtype))  # b' = b_0 + b
         self._merged = (scale, bias, created)
         self.merged = True
 
@@ -434,11 +436,11 @@ class BiasScaleLinear(nn.Module):
         scale, bias, created = self._merged
         weight, base_bias = self.base_layer.weight, self.base_layer.bias
         if self.scale_on == "output":
-            weight.copy_((weight / scale[:, None]).to(weight.dtype))
-            base_bias.copy_((base_bias / scale - bias).to(base_bias.dtype))
+            weight.copy_((weight / scale[:, None]).to(weight.dtype))  # W = diag(s)^-1 W': (out, in) / (out, 1)
+            base_bias.copy_((base_bias / scale - bias).to(base_bias.dtype))  # b_0 = b' / s - b
         else:
-            weight.copy_((weight / scale[None, :]).to(weight.dtype))
-            base_bias.copy_((base_bias - bias).to(base_bias.dtype))
+            weight.copy_((weight / scale[None, :]).to(weight.dtype))  # W = W' diag(s)^-1: (out, in) / (1, in)
+            base_bias.copy_((base_bias - bias).to(base_bias.dtype))  # b_0 = b' - b
         if created:
             self.base_layer.bias = None
         self._merged = None
@@ -537,7 +539,7 @@ class LlamaAdapterHandle(Handle):
         return bool(linear) and all(w.merged for w in linear)
 
     def merge_linear(self) -> nn.Module:
-        """Fold every bias and scale into its linear layer: :math:`W' = \\mathrm{diag}(s) W,\\ b' = s \\odot b`."""
+        r"""Fold every bias and scale into its linear layer: :math:`W' = \mathrm{diag}(s) W,\ b' = s \odot b`."""
         return self.merge(self._linear())
 
     def unmerge_linear(self) -> nn.Module:

@@ -63,14 +63,16 @@ Paper versus code (what to know when comparing with ``loralib`` — the paper's 
    choice of :math:`W_q, W_v`.
 5. *Target matching.* Our names follow ``minipeft.core.find_modules``: an entry matches a module whose name is the
    entry, ends with ``"." + entry``, or fully matches it as a regex. peft treats a *string* as a regex only and a
-   *list* as names/suffixes only. :func:`~minipeft.interop.peft_format.export_peft` writes target lists that mean the same module set to peft.
+   *list* as names/suffixes only. :func:`~minipeft.interop.peft_format.export_peft` writes target lists that mean
+   the same module set to peft.
 6. *Convolutions.* peft builds a Conv2d's ``lora_A`` without the base layer's dilation; we pass dilation (and
    padding mode) on, which is what makes :math:`BA` mergeable into a dilated kernel. Grouped convolutions are
    refused. peft also wraps Conv1d/Conv3d, ``transformers``' GPT-2 ``Conv1D`` (``fan_in_fan_out``) and
    ``nn.MultiheadAttention``; we do not.
 7. *What peft has and we leave out:* several adapters on one model, ``rank_pattern`` / ``alpha_pattern``, bias
    training (``bias="all"``; here: ``minipeft.core.unfreeze(model, r"\.bias$")`` after :func:`apply`),
-   DoRA and other variants, quantised base layers. :func:`minipeft.interop.peft_format.import_peft` refuses configs that use them.
+   DoRA and other variants, quantised base layers. :func:`minipeft.interop.peft_format.import_peft` refuses configs
+   that use them.
 
 Chapter: Part II, "LoRA".
 """
@@ -88,6 +90,7 @@ from torch import nn
 
 from ..core.contract import (Handle, MethodConfig, check_bool, check_choice, check_config, check_number,
                              check_positive_int, check_probability, inject)
+from ..core.inject import default_targets
 
 SUPPORTED_TYPES = (nn.Linear, nn.Embedding, nn.Conv2d)
 INITS = ("kaiming", "gaussian")
@@ -107,20 +110,20 @@ DEFAULT_TARGETS = {
 
 @dataclass
 class LoraConfig(MethodConfig):
-    """Where LoRA goes and how its update is sized and initialised.
+    r"""Where LoRA goes and how its update is sized and initialised.
 
     Args:
-        r: the rank ``r`` of :math:`\\Delta W = BA` (a positive integer; 4-64 is typical).
-        alpha: :math:`\\alpha` in the scale :math:`\\alpha / r` (or :math:`\\alpha / \\sqrt{r}`). Default 8, peft's
+        r: the rank ``r`` of :math:`\Delta W = BA` (a positive integer; 4-64 is typical).
+        alpha: :math:`\alpha` in the scale :math:`\alpha / r` (or :math:`\alpha / \sqrt{r}`). Default 8, peft's
             default, so ``r=8`` gives scale 1.
         dropout: dropout probability on the input of :math:`A` (Linear and Conv2d only), active in ``train()``.
-        target_modules: module names, name suffixes (``"q_proj"``) or regexes (``r"layers\\.0\\..*"``), or a list of
+        target_modules: module names, name suffixes (``"q_proj"``) or regexes (``r"layers\.0\..*"``), or a list of
             them; the matching ``nn.Linear`` / ``nn.Embedding`` / ``nn.Conv2d`` modules are wrapped. ``None``: the
             query and value projections of a known ``transformers`` architecture (see ``DEFAULT_TARGETS``).
         exclude: names or regexes to leave out even if they match ``target_modules`` (e.g. ``"lm_head"``).
-        use_rslora: scale by :math:`\\alpha / \\sqrt{r}` (rsLoRA) instead of :math:`\\alpha / r`.
+        use_rslora: scale by :math:`\alpha / \sqrt{r}` (rsLoRA) instead of :math:`\alpha / r`.
         init: ``"kaiming"`` (``kaiming_uniform_(a=sqrt(5))`` on :math:`A`, like ``nn.Linear``, loralib and peft) or
-            ``"gaussian"`` (:math:`A \\sim \\mathcal{N}(0, 1/r^2)`, peft's option); :math:`B = 0` either way.
+            ``"gaussian"`` (:math:`A \sim \mathcal{N}(0, 1/r^2)`, peft's option); :math:`B = 0` either way.
         bias: only ``"none"`` (biases stay frozen); kept as a field so the config reads like peft's.
     """
 
@@ -152,12 +155,12 @@ class LoraConfig(MethodConfig):
 
     @property
     def scaling(self) -> float:
-        """:math:`\\alpha / r`, or :math:`\\alpha / \\sqrt{r}` with rsLoRA."""
+        r""":math:`\alpha / r`, or :math:`\alpha / \sqrt{r}` with rsLoRA."""
         return _scaling(self.r, self.alpha, self.use_rslora)
 
 
 def _scaling(r: int, alpha: float, use_rslora: bool) -> float:
-    return alpha / math.sqrt(r) if use_rslora else alpha / r
+    return alpha / math.sqrt(r) if use_rslora else alpha / r  # alpha / sqrt(r) (rsLoRA) or alpha / r
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -166,9 +169,9 @@ def _scaling(r: int, alpha: float, use_rslora: bool) -> float:
 
 
 class LoraLayer(nn.Module):
-    """What every LoRA wrapper shares: the frozen ``base_layer``, the scale, and exact merge / unmerge.
+    r"""What every LoRA wrapper shares: the frozen ``base_layer``, the scale, and exact merge / unmerge.
 
-    A subclass creates its two factors and implements ``delta_weight()`` — :math:`\\frac{\\alpha}{r} BA` in the
+    A subclass creates its two factors and implements ``delta_weight()`` — :math:`\frac{\alpha}{r} BA` in the
     shape of ``base_layer.weight``.
     """
 
@@ -195,20 +198,21 @@ class LoraLayer(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """:math:`W \\leftarrow W_0 + \\frac{\\alpha}{r} BA`: afterwards the layer computes only the base layer."""
+        r""":math:`W \leftarrow W_0 + \frac{\alpha}{r} BA`: afterwards the layer computes only the base layer."""
         if self.merged:
             raise ValueError("this LoRA layer is already merged; merging twice would add B A twice. Unmerge first.")
         weight = self.base_layer.weight
-        weight += self.delta_weight().to(weight.dtype)  # the product is formed in fp32, then rounded once
+        # W <- W_0 + (alpha / r) B A; the product is formed in fp32, then rounded once.
+        weight += self.delta_weight().to(weight.dtype)
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """:math:`W_0 \\leftarrow W - \\frac{\\alpha}{r} BA` (exact up to rounding; the same fp32 product)."""
+        r""":math:`W_0 \leftarrow W - \frac{\alpha}{r} BA` (exact up to rounding; the same fp32 product)."""
         if not self.merged:
             raise ValueError("this LoRA layer is not merged; there is nothing to unmerge.")
         weight = self.base_layer.weight
-        weight -= self.delta_weight().to(weight.dtype)
+        weight -= self.delta_weight().to(weight.dtype)  # W_0 <- W - (alpha / r) B A
         self.merged = False
 
     def extra_repr(self) -> str:
@@ -245,14 +249,15 @@ class LoraLinear(LoraLayer):
         nn.init.zeros_(self.lora_B.weight)  # B = 0: Delta W = 0, the base model exactly
 
     def delta_weight(self) -> torch.Tensor:
+        # Delta W = (alpha / r) B A
         return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling  # (d, r) @ (r, k) -> (d, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
+        result = self.base_layer(x)  # W_0 x + b
         if self.merged:  # B A already lives inside W
             return result
         dtype = self.lora_A.weight.dtype
-        # h = W0 x + (alpha / r) B A dropout(x), computed in the factors' dtype and added in the result's.
+        # y = W_0 x + b + (alpha / r) B A dropout(x), computed in the factors' dtype and added in the result's.
         update = self.lora_B(self.lora_A(self.lora_dropout(x.to(dtype))))  # (..., k) -> (..., r) -> (..., d)
         return result + (update * self.scaling).to(result.dtype)
 
@@ -276,16 +281,16 @@ class LoraEmbedding(LoraLayer):
         self.lora_embedding_B = nn.Parameter(torch.randn(base_layer.embedding_dim, r, **self._factory))
 
     def delta_weight(self) -> torch.Tensor:
-        # The table is stored (num_embeddings, embedding_dim), the transpose of W in h = W x.
+        # Delta E = ((alpha / r) B A)^T: the table is stored (num_embeddings, embedding_dim), W transposed.
         return (self.lora_embedding_B.float() @ self.lora_embedding_A.float()).T * self.scaling  # (V, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
+        result = self.base_layer(x)  # E_x
         if self.merged:
             return result
-        # Looking up column x of A is A times a one-hot vector; padding_idx keeps the padding row's A frozen too.
+        # A x: looking up column x of A is A times a one-hot vector; padding_idx keeps the padding row's A frozen too.
         after_A = F.embedding(x, self.lora_embedding_A.T, padding_idx=self.base_layer.padding_idx)  # (..., r)
-        update = after_A @ self.lora_embedding_B.T * self.scaling  # (..., r) -> (..., d)
+        update = after_A @ self.lora_embedding_B.T * self.scaling  # (alpha / r) B A x: (..., r) -> (..., d)
         # Some embeddings multiply their output by a constant (e.g. Gemma's sqrt(d)); the update is part of the table.
         embed_scale = getattr(self.base_layer, "embed_scale", None)
         if embed_scale is not None:
@@ -324,12 +329,14 @@ class LoraConv2d(LoraLayer):
 
     def delta_weight(self) -> torch.Tensor:
         B = self.lora_B.weight.float()[:, :, 0, 0]  # (C_out, r)
+        # Delta W[o, i] = (alpha / r) sum_j B[o, j] A[j, i], one (kh, kw) kernel per (o, i)
         return torch.einsum("or,rihw->oihw", B, self.lora_A.weight.float()) * self.scaling  # (C_out, C_in, kh, kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         if self.merged:
             return result
+        # y = W_0 * x + b + (alpha / r) B * (A * dropout(x))
         update = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))  # (N, C_out, H', W')
         return result + (update * self.scaling).to(result.dtype)
 
@@ -348,17 +355,6 @@ def make_lora_layer(module: nn.Module, config: LoraConfig) -> LoraLayer:
 # ------------------------------------------------------------------------------------------------------------------
 # apply
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def _default_targets(model: nn.Module) -> tuple[str, ...]:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in DEFAULT_TARGETS:
-        raise ValueError(
-            f"LoraConfig.target_modules is None and there is no default for a {type(model).__name__} "
-            f"(model_type {model_type!r}); name the layers to adapt, e.g. LoraConfig(target_modules=['q_proj', "
-            "'v_proj']) — minipeft.core.module_names(model, nn.Linear) lists the candidates."
-        )
-    return DEFAULT_TARGETS[model_type]
 
 
 def apply(model: nn.Module, config: LoraConfig | None = None) -> Handle:
@@ -380,7 +376,8 @@ def apply(model: nn.Module, config: LoraConfig | None = None) -> Handle:
     """
     config = check_config(config, LoraConfig, LoraConfig)
     if config.target_modules is None:
-        config = dataclasses.replace(config, target_modules=_default_targets(model))
+        config = dataclasses.replace(config, target_modules=default_targets(model, DEFAULT_TARGETS, "LoraConfig",
+                                                                             "['q_proj', 'v_proj']"))
     # LoraLayer is in the types so that a layer wrapped already is found, and refused ("already wrapped").
     handle = inject(model, lambda name, module: make_lora_layer(module, config), target=config.target_modules,
                     types=SUPPORTED_TYPES + (LoraLayer,), exclude=config.exclude, method="lora", config=config)

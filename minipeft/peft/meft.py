@@ -85,7 +85,8 @@ Paper versus code (the reference implementation is ``BaohaoLiao/mefts``, ``model
    ``zero_init_up=False`` is the paper's init (at the paper's factors it moves the starting point by < 0.01,
    note 2).
 2. *Starting point, measured.* No variant is exact at the paper's factors: all three converge to the PLM only as
-   the leak factor goes to 0 (λ for MEFT1, β for MEFT2, both for MEFT3), where the layer is no longer invertible.
+   the leak factor goes to 0 (:math:`\lambda` for MEFT1, :math:`\beta` for MEFT2, both for MEFT3), where the layer
+   is no longer invertible.
    The stream that carries the PLM (``output="pretrained_stream"``) differs from the base model's last hidden
    state by a relative error (Frobenius norm) of 0.11 on a 4-layer tiny BERT and 0.24 / 0.24 / 0.31 (MEFT1/2/3)
    on all-MiniLM-L6-v2, and by ~10× less for a 10× smaller factor. The paper's output :math:`(x_1 + x_2)/2`
@@ -147,13 +148,13 @@ def _positive(value, name: str, hint: str) -> float:
 
 @dataclass
 class MEFTConfig(MethodConfig):
-    """MEFT: which reversible architecture, how big the adapters are, how the layers are scaled and run.
+    r"""MEFT: which reversible architecture, how big the adapters are, how the layers are scaled and run.
 
     Args:
         variant: 1, 2 or 3 (or ``"MEFT1"`` …): what ``F`` and ``G`` are (see the module docstring's table).
         adapter_dim: the adapters' bottleneck width ``m`` (the reference script uses 8).
-        lambda_: :math:`\\lambda`, the scale of :math:`x_1` in :math:`y_1`; ``None``: the variant's default.
-        beta: :math:`\\beta`, the scale of :math:`x_2` in :math:`y_2`; ``None``: the variant's default.
+        lambda_: :math:`\lambda`, the scale of :math:`x_1` in :math:`y_1`; ``None``: the variant's default.
+        beta: :math:`\beta`, the scale of :math:`x_2` in :math:`y_2`; ``None``: the variant's default.
         zero_init_up: start every adapter's up-projection at zero (exactly zero adapters at init); ``False`` draws
             it from N(0, init_std²) as the paper does.
         init_std: standard deviation of the down-projection (and of the up-projection when not zero).
@@ -238,6 +239,7 @@ class MEFTAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # A(h) = drop(f(h W_down + b_down)) W_up + b_up
         return self.up(self.dropout(self.act(self.down(h))))  # (..., d) -> (..., m) -> (..., d)
 
 
@@ -277,14 +279,14 @@ class Block(nn.Module):
 
 
 class AdapterBlock(Block):
-    """``F`` of MEFT2, ``G`` of MEFT1: just an adapter, :math:`A(x)`."""
+    r"""``F`` of MEFT2, ``G`` of MEFT1: just an adapter, :math:`A(x)`."""
 
     def __init__(self, adapter: MEFTAdapter):
         super().__init__()
         self.adapter = adapter
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.adapter(x)
+        return self.adapter(x)  # A(x)
 
 
 class AttentionBlock(Block):
@@ -304,10 +306,10 @@ class AttentionBlock(Block):
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         context, _ = self.attention.self(x, attention_mask)  # (B, T, d), heads already merged
         out = self.attention.output  # BertSelfOutput: dense, dropout, LayerNorm
-        s = out.dropout(out.dense(context))
+        s = out.dropout(out.dense(context))  # s = drop(dense(attn(x)))
         if self.adapter is not None:
-            s = s + self.adapter(s)
-        return out.LayerNorm(s + x)
+            s = s + self.adapter(s)  # s + A(s)
+        return out.LayerNorm(s + x)  # LN(x + s + A(s))
 
 
 class FeedForwardBlock(Block):
@@ -323,12 +325,12 @@ class FeedForwardBlock(Block):
         self.adapter = adapter
 
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        z = self.output.dropout(self.output.dense(self.intermediate(u)))  # (B, T, d_ff) -> (B, T, d)
-        return self.output.LayerNorm(z + self.adapter(u) + u)
+        z = self.output.dropout(self.output.dense(self.intermediate(u)))  # drop(FFN(u)): (B, T, d_ff) -> (B, T, d)
+        return self.output.LayerNorm(z + self.adapter(u) + u)  # LN(u + drop(FFN(u)) + A(u))
 
 
 class LayerBlock(Block):
-    """A whole BERT layer, :math:`M(A(x))`, with the FFN adapter: ``F`` of MEFT1, ``G`` of MEFT2."""
+    r"""A whole BERT layer, :math:`M(A(x))`, with the FFN adapter: ``F`` of MEFT1, ``G`` of MEFT2."""
 
     def __init__(self, attention: AttentionBlock, feed_forward: FeedForwardBlock):
         super().__init__()
@@ -336,7 +338,7 @@ class LayerBlock(Block):
         self.feed_forward = feed_forward
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.feed_forward(self.attention(x, attention_mask))
+        return self.feed_forward(self.attention(x, attention_mask))  # M(A(x))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -376,7 +378,7 @@ class ReversibleLayer(nn.Module):
         self.lambda_, self.beta, self.swap = lambda_, beta, swap
 
     def _join(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
-        return torch.cat([y2, y1] if self.swap else [y1, y2], dim=-1)  # (B, T, 2d)
+        return torch.cat([y2, y1] if self.swap else [y1, y2], dim=-1)  # [y_2, y_1] or [y_1, y_2]: (B, T, 2d)
 
     def _split(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         first, second = y.chunk(2, dim=-1)  # (B, T, d) each
@@ -388,43 +390,43 @@ class ReversibleLayer(nn.Module):
         x1, x2 = x.chunk(2, dim=-1)  # (B, T, d) each
         if rng_states is not None:
             rng_states.append(_rng_state(x.device))
-        y1 = self.lambda_ * x1 + self.F(x2, attention_mask)
+        y1 = self.lambda_ * x1 + self.F(x2, attention_mask)  # y_1 = λ x_1 + F(x_2)
         if rng_states is not None:
             rng_states.append(_rng_state(x.device))
-        y2 = self.beta * x2 + self.G(y1, attention_mask)
+        y2 = self.beta * x2 + self.G(y1, attention_mask)  # y_2 = β x_2 + G(y_1)
         return self._join(y1, y2)
 
     @torch.no_grad()
     def inverse(self, y: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 rng_states: list | None = None) -> torch.Tensor:
-        """Recompute the input from the output: :math:`x_2 = (y_2 - G(y_1))/\\beta`, then
-        :math:`x_1 = (y_1 - F(x_2))/\\lambda`.
+        r"""Recompute the input from the output: :math:`x_2 = (y_2 - G(y_1))/\beta`, then
+        :math:`x_1 = (y_1 - F(x_2))/\lambda`.
 
         In ``train()`` mode pass the ``rng_states`` the forward call recorded, so the dropout masks match.
         """
         f_state, g_state = rng_states if rng_states is not None else (None, None)
         y1, y2 = self._split(y)
         with _replay(g_state, y.device):
-            x2 = (y2 - self.G(y1, attention_mask)) / self.beta
+            x2 = (y2 - self.G(y1, attention_mask)) / self.beta  # x_2 = (y_2 - G(y_1)) / β
         with _replay(f_state, y.device):
-            x1 = (y1 - self.F(x2, attention_mask)) / self.lambda_
-        return torch.cat([x1, x2], dim=-1)  # (B, T, 2d)
+            x1 = (y1 - self.F(x2, attention_mask)) / self.lambda_  # x_1 = (y_1 - F(x_2)) / λ
+        return torch.cat([x1, x2], dim=-1)  # [x_1, x_2]: (B, T, 2d)
 
     def backward_pass(self, y: torch.Tensor, dy: torch.Tensor, attention_mask: torch.Tensor | None,
                       rng_states: list | None):
-        """From the output ``y`` and its gradient ``dy``: the input ``x``, its gradient ``dx``, and the gradients of
+        r"""From the output ``y`` and its gradient ``dy``: the input ``x``, its gradient ``dx``, and the gradients of
         the trainable parameters of ``F`` and ``G`` as ``[(parameter, gradient), ...]``.
 
-        By the chain rule through the two coupling equations (:math:`\\bar{y}` is the total gradient of :math:`y`):
+        By the chain rule through the two coupling equations (:math:`\bar{y}` is the total gradient of :math:`y`):
 
-        $$\\bar y_1 = dy_1 + (\\partial G/\\partial y_1)^\\top dy_2, \\quad
-          dx_1 = \\lambda\\,\\bar y_1, \\quad dx_2 = \\beta\\,dy_2 + (\\partial F/\\partial x_2)^\\top \\bar y_1,$$
+        $$\bar y_1 = dy_1 + (\partial G/\partial y_1)^\top dy_2, \quad
+          dx_1 = \lambda\,\bar y_1, \quad dx_2 = \beta\,dy_2 + (\partial F/\partial x_2)^\top \bar y_1,$$
 
-        and ``G``'s parameters receive :math:`dy_2`, ``F``'s receive :math:`\\bar y_1`.
+        and ``G``'s parameters receive :math:`dy_2`, ``F``'s receive :math:`\bar y_1`.
         """
         f_state, g_state = rng_states if rng_states is not None else (None, None)
-        y1, y2 = (t.detach() for t in self._split(y))
-        dy1, dy2 = self._split(dy)
+        y1, y2 = (t.detach() for t in self._split(y))  # (B, T, d) each
+        dy1, dy2 = self._split(dy)  # (B, T, d) each
         gradients = []
 
         # 1. G: y1 is known, so recompute G(y1) with grad and push dy2 through it.
@@ -433,10 +435,10 @@ class ReversibleLayer(nn.Module):
             y1.requires_grad_(True)
             g = self.G(y1, attention_mask)
             grads = torch.autograd.grad(g, [y1, *g_parameters], dy2, allow_unused=True)
-        dy1 = dy1 + grads[0]  # y1 reaches the loss directly and through G
-        gradients += zip(g_parameters, grads[1:])
+        dy1 = dy1 + grads[0]  # ȳ_1 = dy_1 + (∂G/∂y_1)^T dy_2: y_1 reaches the loss directly and through G
+        gradients += zip(g_parameters, grads[1:])  # G's parameters receive dy_2
         with torch.no_grad():
-            x2 = (y2 - g) / self.beta
+            x2 = (y2 - g) / self.beta  # x_2 = (y_2 - G(y_1)) / β
             y1 = y1.detach()
         del g
 
@@ -446,11 +448,12 @@ class ReversibleLayer(nn.Module):
             x2.requires_grad_(True)
             f = self.F(x2, attention_mask)
             grads = torch.autograd.grad(f, [x2, *f_parameters], dy1, allow_unused=True)
-        gradients += zip(f_parameters, grads[1:])
+        gradients += zip(f_parameters, grads[1:])  # F's parameters receive ȳ_1
         with torch.no_grad():
-            x1 = (y1 - f) / self.lambda_
-            dx1 = self.lambda_ * dy1
-            dx2 = self.beta * dy2 + grads[0]
+            x1 = (y1 - f) / self.lambda_  # x_1 = (y_1 - F(x_2)) / λ
+            dx1 = self.lambda_ * dy1  # dx_1 = λ ȳ_1
+            dx2 = self.beta * dy2 + grads[0]  # dx_2 = β dy_2 + (∂F/∂x_2)^T ȳ_1
+        # [x_1, x_2] and [dx_1, dx_2]: (B, T, 2d) each
         return torch.cat([x1, x2.detach()], dim=-1), torch.cat([dx1, dx2], dim=-1), gradients
 
 
@@ -566,7 +569,7 @@ class ReversibleEncoder(nn.Module):
         for layer in upper:  # ordinary autograd: these layers store their activations
             h = layer(h, attention_mask)
         x1, x2 = h.chunk(2, dim=-1)  # (B, T, d) each
-        out = (x1 + x2) / 2 if self.output == "mean" else (x1, x2)[self.pretrained_half]
+        out = (x1 + x2) / 2 if self.output == "mean" else (x1, x2)[self.pretrained_half]  # (x_1 + x_2) / 2: (B, T, d)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=out)
 
 
@@ -584,12 +587,12 @@ def _is_bert_encoder(module: nn.Module) -> bool:
 
 
 def apply(model: nn.Module, config: MEFTConfig | None = None) -> Handle:
-    """Make the BERT encoder(s) inside ``model`` reversible with MEFT adapters, freeze the rest, return the handle.
+    r"""Make the BERT encoder(s) inside ``model`` reversible with MEFT adapters, freeze the rest, return the handle.
 
     Args:
         model: a ``transformers`` ``BertModel`` (or any model containing a ``BertEncoder``, e.g. inside a
             classifier).
-        config: a :class:`MEFTConfig` (default: MEFT1, adapter width 8, λ = 0.1, β = 1).
+        config: a :class:`MEFTConfig` (default: MEFT1, adapter width 8, :math:`\lambda = 0.1, \beta = 1`).
 
     Returns:
         an ``Handle`` whose ``wrappers`` map the encoder's name to its :class:`ReversibleEncoder`:

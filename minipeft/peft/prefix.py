@@ -120,7 +120,7 @@ def _check_size(name: str, value) -> None:
 
 @dataclass
 class PrefixTuningConfig(MethodConfig):
-    """Prefix tuning: ``P`` learned key/value positions in every layer's attention.
+    r"""Prefix tuning: ``P`` learned key/value positions in every layer's attention.
 
     Args:
         num_virtual_tokens: prefix length ``P``.
@@ -128,7 +128,7 @@ class PrefixTuningConfig(MethodConfig):
             ``Embedding(P, embedding_size) -> Linear(embedding_size, encoder_hidden_size) -> tanh ->
             Linear(encoder_hidden_size, layers * 2 * kv_heads * head_dim)``. Without it, the keys and values are the
             parameters themselves.
-        embedding_size: width of :math:`P'_\\theta` (projection only); ``None`` = the model width ``d``.
+        embedding_size: width of :math:`P'_\theta` (projection only); ``None`` = the model width ``d``.
         encoder_hidden_size: hidden width of the MLP (projection only); ``None`` = the model width ``d``.
         init: ``"random"`` (N(0, 1) keys and values, like ``nn.Embedding`` and peft) or ``"text"`` (the keys and
             values the frozen model caches for ``init_text``'s tokens, repeated or cut to ``P`` as in prompt tuning;
@@ -237,7 +237,7 @@ class PTuningConfig(MethodConfig):
 
 
 class PrefixEncoder(nn.Module):
-    """The per-layer key and value prefixes :math:`P_k^{(l)}, P_v^{(l)}` (``forward()`` returns both).
+    r"""The per-layer key and value prefixes :math:`P_k^{(l)}, P_v^{(l)}` (``forward()`` returns both).
 
     Without projection the prefixes are the parameters ``prefix_keys`` and ``prefix_values``, each of shape
     ``(layers, kv_heads, P, head_dim)``. With projection they are computed from ``embedding`` ``(P, d')`` by
@@ -279,12 +279,12 @@ class PrefixEncoder(nn.Module):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.projection:
-            return self.prefix_keys, self.prefix_values
+            return self.prefix_keys, self.prefix_values  # P_k^(l), P_v^(l) for every l: (L, H_kv, P, hd) each
         P = self.num_virtual_tokens
         flat = self.mlp(self.embedding)  # (P, L*2*H_kv*hd): P_theta[i,:] = MLP(P'_theta[i,:])
         kv = flat.view(P, self.layers, 2, self.kv_heads, self.head_dim)  # (P, L, 2, H_kv, hd)
         kv = kv.permute(2, 1, 3, 0, 4)  # (2, L, H_kv, P, hd)
-        return kv[0], kv[1]
+        return kv[0], kv[1]  # P_k^(l), P_v^(l) for every l: (L, H_kv, P, hd) each
 
     def flat(self) -> torch.Tensor:
         """The prefix as one ``(P, layers * 2 * kv_heads * head_dim)`` table — peft's ``prompt_embeddings``."""
@@ -294,7 +294,7 @@ class PrefixEncoder(nn.Module):
 
 
 class PromptEmbedding(nn.Module):
-    """Prompt tuning's soft prompt :math:`P_e`, a ``(P, d)`` table (``forward()`` returns it)."""
+    r"""Prompt tuning's soft prompt :math:`P_e`, a ``(P, d)`` table (``forward()`` returns it)."""
 
     minipeft_method = "prompt"
 
@@ -315,11 +315,11 @@ class PromptEmbedding(nn.Module):
         self.prompt_embeddings = nn.Parameter(prompt.to(weight.device))  # (P, d)
 
     def forward(self) -> torch.Tensor:
-        return self.prompt_embeddings
+        return self.prompt_embeddings  # P_e: (P, d)
 
 
 class PromptEncoder(nn.Module):
-    """P-tuning's prompt encoder: free embeddings :math:`h_{0:P}` -> (BiLSTM) -> MLP -> ``(P, d)`` virtual tokens."""
+    r"""P-tuning's prompt encoder: free embeddings :math:`h_{0:P}` -> (BiLSTM) -> MLP -> ``(P, d)`` virtual tokens."""
 
     minipeft_method = "p_tuning"
 
@@ -341,8 +341,8 @@ class PromptEncoder(nn.Module):
         h = self.embedding
         if self.encoder == "lstm":
             # [->h_i ; <-h_i]: one sequence of P tokens, so a batch of one.
-            h = self.lstm(h.unsqueeze(0))[0].squeeze(0)  # (P, 2h)
-        return self.mlp(h)  # (P, d)
+            h = self.lstm(h.unsqueeze(0))[0].squeeze(0)  # (P, d) -> (1, P, d) -> (1, P, 2h) -> (P, 2h)
+        return self.mlp(h)  # h_i = MLP([->h_i ; <-h_i]) (or MLP(h_i) without the LSTM): (P, d)
 
 
 def _tokenize(tokenizer, text: str) -> list[int]:
@@ -483,17 +483,18 @@ class PromptHandle(Handle):
         prompt = self.module().to(inputs_embeds.dtype)  # (P, d)
         prompt = prompt.unsqueeze(0).expand(batch, -1, -1)  # (B, P, d)
         kwargs["input_ids"] = None
-        kwargs["inputs_embeds"] = torch.cat([prompt, inputs_embeds], dim=1)  # (B, P+T, d)
+        kwargs["inputs_embeds"] = torch.cat([prompt, inputs_embeds], dim=1)  # [P_e; X_e]: (B, P+T, d)
         labels = kwargs.get("labels")
         if labels is not None:  # no loss on the virtual positions
             ignore = torch.full((labels.shape[0], P), -100, dtype=labels.dtype, device=labels.device)
             kwargs["labels"] = torch.cat([ignore, labels], dim=1)  # (B, P+T)
         if position_ids is not None:  # virtual tokens at 0..P-1, the real ones after them
             virtual = torch.arange(P, dtype=position_ids.dtype, device=position_ids.device)
-            virtual = virtual.expand(*position_ids.shape[:-1], P)
-            kwargs["position_ids"] = torch.cat([virtual, position_ids + P], dim=-1)
+            virtual = virtual.expand(*position_ids.shape[:-1], P)  # (P,) -> (..., P)
+            kwargs["position_ids"] = torch.cat([virtual, position_ids + P], dim=-1)  # (..., P+T)
         token_type_ids = kwargs.get("token_type_ids")
         if token_type_ids is not None:
+            # (B, P+T): zeros for the virtual tokens
             kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(batch, P), token_type_ids], dim=1)
         return (), kwargs
 
@@ -517,6 +518,7 @@ class PromptHandle(Handle):
             cache = DynamicCache(config=self.model.config)
         keys, values = self.module()  # (L, H_kv, P, hd) each
         dtype = self.model.get_input_embeddings().weight.dtype
+        # Layer l's attention then reads keys [P_k^(l); C W_k] and values [P_v^(l); C W_v].
         for layer in range(keys.shape[0]):
             k = keys[layer].unsqueeze(0).expand(batch, -1, -1, -1).to(dtype)  # (B, H_kv, P, hd)
             v = values[layer].unsqueeze(0).expand(batch, -1, -1, -1).to(dtype)  # (B, H_kv, P, hd)
@@ -533,7 +535,7 @@ class PromptHandle(Handle):
         """
         if self.method == "prefix":
             return tensor
-        return tensor[:, self.num_virtual_tokens:]
+        return tensor[:, self.num_virtual_tokens:]  # (B, P+T, ...) -> (B, T, ...)
 
     def export_prompt_embeddings(self) -> torch.Tensor:
         """The virtual tokens as peft saves them (key ``prompt_embeddings``): ``(P, d)`` for prompt tuning and

@@ -106,7 +106,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.contract import Handle, MethodConfig, check_config, check_target_names, inject
-from ..core.inject import find_modules
+from ..core.inject import default_targets, find_modules
 
 PROTOTYPES = ("adapter", "lora")
 SHARES = ("shape", "name")
@@ -149,11 +149,12 @@ class TopKMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores: torch.Tensor, keep_fraction: float) -> torch.Tensor:
+        # m_l = TopK_k(|S_l|): ones at the round(k n) largest |S|, zeros elsewhere
         kept = kept_count(scores.numel(), keep_fraction)
         order = torch.argsort(scores.abs().flatten(), descending=True, stable=True)  # (n,)
         mask = torch.zeros(scores.numel(), dtype=scores.dtype, device=scores.device)  # (n,)
         mask[order[:kept]] = 1
-        return mask.view_as(scores)
+        return mask.view_as(scores)  # (n,) -> the shape of S
 
     @staticmethod
     def backward(ctx, grad_mask: torch.Tensor):
@@ -173,10 +174,10 @@ def _positive_int(name: str, value, hint: str) -> None:
 
 @dataclass
 class ProPETLConfig(MethodConfig):
-    """A shared prototype, where it goes, and how its masks are learned.
+    r"""A shared prototype, where it goes, and how its masks are learned.
 
     Args:
-        prototype: ``"adapter"`` (a bottleneck adapter after each target ``nn.Linear``: :math:`y + s\\,A(y)`) or
+        prototype: ``"adapter"`` (a bottleneck adapter after each target ``nn.Linear``: :math:`y + s\,A(y)`) or
             ``"lora"`` (a low-rank update of each target ``nn.Linear``).
         keep_fraction: :math:`k`, the fraction of every mask that is 1, in :math:`(0, 1]` (the official code's
             ``sparsity``). ``1.0`` keeps the whole prototype in every layer.
@@ -185,7 +186,7 @@ class ProPETLConfig(MethodConfig):
         init_std: adapter only: std of the truncated-normal init of the down-projection (the up-projection is 0).
         scaling: adapter only: ``s``, multiplies the adapter's update.
         r: LoRA only: the rank of :math:`BA`.
-        alpha: LoRA only: the update is scaled by :math:`\\alpha / r`.
+        alpha: LoRA only: the update is scaled by :math:`\alpha / r`.
         target_modules: names, name suffixes or regexes of the ``nn.Linear`` modules to adapt (``None``: the
             architecture's default, see ``DEFAULT_TARGETS``).
         exclude: names or regexes to leave out even if they match.
@@ -292,13 +293,13 @@ class LoraPrototype(nn.Module):
         nn.init.zeros_(self.lora_B.weight)  # B = 0: Delta W = 0 under every mask
 
     def forward(self, x: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        after_A = F.linear(x, self.lora_A.weight * masks["lora_A"])  # (..., k) -> (..., r)
-        return F.linear(after_A, self.lora_B.weight * masks["lora_B"])  # (..., r) -> (..., d)
+        after_A = F.linear(x, self.lora_A.weight * masks["lora_A"])  # (A ⊙ M_A) x: (..., k) -> (..., r)
+        return F.linear(after_A, self.lora_B.weight * masks["lora_B"])  # (B ⊙ M_B)(A ⊙ M_A) x: (..., r) -> (..., d)
 
     def delta_weight(self, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        B = self.lora_B.weight.float() * masks["lora_B"].float()  # (d, r)
-        A = self.lora_A.weight.float() * masks["lora_A"].float()  # (r, k)
-        return B @ A  # (d, k)
+        B = self.lora_B.weight.float() * masks["lora_B"].float()  # B ⊙ M_B: (d, r)
+        A = self.lora_A.weight.float() * masks["lora_A"].float()  # A ⊙ M_A: (r, k)
+        return B @ A  # (B ⊙ M_B)(A ⊙ M_A): (d, k)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -360,8 +361,9 @@ class MaskedLayer(nn.Module):
 
 
 class MaskedAdapterLayer(MaskedLayer):
-    r"""``y = base(x)``; returns :math:`y + s \cdot \big[f(y (W_{down} \odot M_{down}) + b_{down}) (W_{up} \odot
-    M_{up}) + b_{up}\big]` with this layer's masks for the active task. Cannot be merged (``f`` is non-linear)."""
+    r""":math:`y = \mathrm{base}(x)`; returns
+    :math:`y + s \cdot \big[f(y (W_{down} \odot M_{down}) + b_{down}) (W_{up} \odot M_{up}) + b_{up}\big]` with this
+    layer's masks for the active task. Cannot be merged (:math:`f` is non-linear)."""
 
     merged = False
     can_merge = False
@@ -374,10 +376,11 @@ class MaskedAdapterLayer(MaskedLayer):
         self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
+        y = self.base_layer(x)  # y = base(x)
         dtype = self.prototype.down.weight.dtype  # fp32 even on a half-precision base
+        # f(y (W_down ⊙ M_down) + b_down)(W_up ⊙ M_up) + b_up, with this layer's masks for the active task
         update = self.prototype(y.to(dtype), self.masks())  # (..., d)
-        return y + (self.scaling * update).to(y.dtype)
+        return y + (self.scaling * update).to(y.dtype)  # y + s · update
 
 
 class MaskedLoraLinear(MaskedLayer):
@@ -394,13 +397,14 @@ class MaskedLoraLinear(MaskedLayer):
         self.can_merge = True
 
     def delta_weight(self) -> torch.Tensor:
-        """:math:`\\frac{\\alpha}{r}(B \\odot M_B)(A \\odot M_A)` for the active task, fp32, shape ``(d, k)``."""
-        return self.prototype.delta_weight(self.masks()) * self.scaling
+        r""":math:`\frac{\alpha}{r}(B \odot M_B)(A \odot M_A)` for the active task, fp32, shape ``(d, k)``."""
+        return self.prototype.delta_weight(self.masks()) * self.scaling  # (alpha / r)(B ⊙ M_B)(A ⊙ M_A)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
+        result = self.base_layer(x)  # W_0 x + b
         if self.merged:  # the masked update already lives inside W
             return result
+        # y = W_0 x + b + (alpha / r)(B ⊙ M_B)(A ⊙ M_A) x
         update = self.prototype(x.to(self.prototype.lora_A.weight.dtype), self.masks())  # (..., d)
         return result + (update * self.scaling).to(result.dtype)
 
@@ -409,7 +413,7 @@ class MaskedLoraLinear(MaskedLayer):
         if self.merged:
             raise ValueError("this ProPETL LoRA layer is already merged; merging twice would add the update twice.")
         weight = self.base_layer.weight
-        weight += self.delta_weight().to(weight.dtype)
+        weight += self.delta_weight().to(weight.dtype)  # W <- W_0 + (alpha / r)(B ⊙ M_B)(A ⊙ M_A)
         self.merged = True
 
     @torch.no_grad()
@@ -417,25 +421,13 @@ class MaskedLoraLinear(MaskedLayer):
         if not self.merged:
             raise ValueError("this ProPETL LoRA layer is not merged; there is nothing to unmerge.")
         weight = self.base_layer.weight
-        weight -= self.delta_weight().to(weight.dtype)
+        weight -= self.delta_weight().to(weight.dtype)  # W_0 <- W - (alpha / r)(B ⊙ M_B)(A ⊙ M_A)
         self.merged = False
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # apply, tasks, storage
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def _default_targets(model: nn.Module, prototype: str) -> tuple[str, ...]:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    defaults = DEFAULT_TARGETS[prototype]
-    if model_type not in defaults:
-        raise ValueError(
-            f"ProPETLConfig.target_modules is None and there is no {prototype} default for a {type(model).__name__} "
-            f"(model_type {model_type!r}); name the nn.Linear layers to adapt, e.g. "
-            "ProPETLConfig(target_modules=['fc2']) — minipeft.core.module_names(model, nn.Linear) lists them."
-        )
-    return defaults[model_type]
 
 
 def apply(model: nn.Module, config: ProPETLConfig | None = None) -> Handle:
@@ -454,7 +446,8 @@ def apply(model: nn.Module, config: ProPETLConfig | None = None) -> Handle:
     config = ProPETLConfig() if config is None else config
     config = check_config(config, ProPETLConfig, ProPETLConfig)
     if config.target_modules is None:
-        config = dataclasses.replace(config, target_modules=_default_targets(model, config.prototype))
+        config = dataclasses.replace(config, target_modules=default_targets(
+            model, DEFAULT_TARGETS[config.prototype], "ProPETLConfig", "['fc2']"))
 
     prototypes: dict[tuple, nn.Module] = {}  # group key -> the one shared prototype of that group
 
