@@ -16,7 +16,9 @@ import torch
 
 from minipeft.core import CannotMergeError, Handle
 from minipeft.models import tiny_bert, tiny_llama
-from minipeft.multimodal import llama_adapter_v2
+from minipeft.multimodal import llama_adapter_v2, projector, qformer, video_qformer
+from minipeft.multimodal.splice import IMAGE_TOKEN_ID
+from minipeft.multimodal.video_qformer import AUDIO_TOKEN_ID, VIDEO_TOKEN_ID
 from minipeft.peft import adapter, glora, ia3, llama_adapter, lora, meft, prefix, propetl
 
 TOKENS = torch.tensor([[5, 17, 33, 2, 250, 9, 81, 4]])  # (1, 8) token ids of the tiny models' 256-word vocabulary
@@ -34,12 +36,15 @@ class Case:
     identity_at_init: bool = True
     merges: bool = False
     apply: Callable | None = None  # default: module.apply
+    forward: Callable | None = None  # model -> output tensor; default: the tiny model on TOKENS
+    connector: bool = False  # Part III: handle.model is a new model around the frozen language model
 
     def build(self, config=None, seed=0):
         torch.manual_seed(seed)
         model = self.model()
         apply = self.apply or self.module.apply
-        return model, apply(model, self.config() if config is None else config)
+        handle = apply(model, self.config() if config is None else config)
+        return handle.model, handle
 
 
 def llama_out(model):
@@ -99,13 +104,60 @@ CASES = [
                                                     scale_on="input"), "scale_on",
          apply=llama_adapter_v2.apply),
 ]
-IDS = [case.name for case in CASES]
 
 
 def output(case: Case, model) -> torch.Tensor:
     with torch.no_grad():
-        result = bert_out(model) if case.model is tiny_bert else llama_out(model)
+        result = case.forward(model) if case.forward else bert_out(model) if case.model is tiny_bert else llama_out(model)
     return result[:, -TOKENS.shape[1]:]  # prompt tuning's virtual positions come first
+
+
+# Part III connectors read image (video, audio) features at placeholder positions of the prompt.
+FEATURES = torch.randn(1, 3, 12, generator=torch.Generator().manual_seed(7))  # (B, N, C): 3 patches -> 3 tokens
+IMAGE_PROMPT = torch.tensor([[5, IMAGE_TOKEN_ID, IMAGE_TOKEN_ID, IMAGE_TOKEN_ID, 17, 33, 9, 4]])  # 3 visual tokens
+VIDEO = torch.randn(1, 4, 6, 12, generator=torch.Generator().manual_seed(8))  # (B, frames, N, C)
+AUDIO = torch.randn(1, 2, 5, 10, generator=torch.Generator().manual_seed(9))  # (B, segments, N, C_audio)
+AV_PROMPT = torch.tensor([[5] + [VIDEO_TOKEN_ID] * 3 + [AUDIO_TOKEN_ID] * 2 + [9, 4]])
+
+
+def vlm_out(model):
+    return model(FEATURES, IMAGE_PROMPT).logits
+
+
+def video_out(model):
+    return model(AV_PROMPT, video=VIDEO, audio=AUDIO).logits
+
+
+def qformer_config(**overrides):
+    sizes = dict(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, encoder_width=12, num_queries=3,
+                 vocab_size=50, max_text_length=16, cls_token_id=1, dec_token_id=2, embed_dim=8, dropout=0.0)
+    return qformer.QFormerConfig(**{**sizes, **overrides})
+
+
+def video_config(**overrides):
+    sizes = dict(feature_width=12, num_queries=3, max_frames=8, llm_width=64, hidden_size=16, num_layers=2,
+                 num_heads=2, intermediate_size=32, dropout=0.0)
+    return video_qformer.VideoQFormerConfig(**{**sizes, **overrides})
+
+
+def video_apply(model, config):  # the video branch from `config`, an audio branch of its own
+    return video_qformer.apply(model, config, video_config(feature_width=10, num_queries=2))
+
+
+CASES += [
+    Case("projector_linear", projector, tiny_llama,
+         lambda: projector.ProjectorConfig("linear", vision_width=12, llm_width=64),
+         lambda: projector.ProjectorConfig("conv"),
+         lambda: projector.ProjectorConfig("mlp2x_gelu", vision_width=12, llm_width=64), "kind",
+         identity_at_init=False, forward=vlm_out, connector=True),
+    Case("qformer", qformer, tiny_llama, lambda: qformer_config(), lambda: qformer_config(num_queries=0),
+         lambda: qformer_config(temperature=0.05), "temperature", identity_at_init=False, forward=vlm_out,
+         connector=True),
+    Case("video_llama", video_qformer, tiny_llama, lambda: video_config(), lambda: video_config(max_frames=0),
+         lambda: video_config(intermediate_size=48), "intermediate_size", identity_at_init=False,
+         forward=video_out, connector=True, apply=video_apply),
+]
+IDS = [case.name for case in CASES]
 
 
 def randomise(handle: Handle, seed: int = 1) -> None:
@@ -122,10 +174,11 @@ def base_weights(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_identity_at_init_where_promised(case):
-    torch.manual_seed(0)
-    reference = output(case, case.model())
     model, handle = case.build()
+    reference = output(case, model)
+    torch.manual_seed(0)
     if case.identity_at_init:
+        reference = output(case, case.model())
         torch.testing.assert_close(output(case, model), reference, rtol=0, atol=1e-6)
     randomise(handle)
     assert not torch.allclose(output(case, model), reference, atol=1e-4), "the method's tensors change nothing"
@@ -139,9 +192,8 @@ def test_only_the_methods_tensors_train(case):
     before = base_weights(model)
     randomise(handle)
     model.train()
-    output(case, model).float().pow(2).mean()  # a forward in train mode must work
     with torch.enable_grad():
-        result = bert_out(model) if case.model is tiny_bert else llama_out(model)
+        result = case.forward(model) if case.forward else bert_out(model) if case.model is tiny_bert else llama_out(model)
         result.float().pow(2).mean().backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad <= trainable
@@ -178,8 +230,9 @@ def test_bad_config_raises_value_error(case):
         case.bad_config()
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", [c for c in CASES if not c.connector], ids=[c.name for c in CASES if not c.connector])
 def test_applying_twice_is_refused_and_changes_nothing(case):
+    """(A connector builds a new model around the language model, so a second one is a second model, not a clash.)"""
     model, handle = case.build()
     names_before = [n for n, _ in model.named_modules()]
     apply = case.apply or case.module.apply
@@ -216,10 +269,21 @@ def test_merge_equals_unmerged_or_is_refused(case):
 def test_partial_merge_then_undo_restores_the_base_model(case):
     torch.manual_seed(0)
     original = case.model()
-    reference = output(case, original)
+    reference = output(case, original) if not case.connector else None
     original_weights = base_weights(original)
     model, handle = case.build()
     randomise(handle)
+    if case.connector:  # undo gives back the language model inside, untouched, with its requires_grad flags
+        language_model = handle.model.language_model
+        handle.undo()
+        assert not any(name.startswith(("connector", "video_branch", "audio_branch"))
+                       for name, _ in handle.model.named_parameters())
+        for name, value in base_weights(language_model).items():
+            assert torch.equal(value, original_weights[name]), name
+        assert all(p.requires_grad for p in language_model.parameters())
+        with pytest.raises(ValueError, match="undone"):
+            handle.undo()
+        return
     mergeable = [w for w in handle.wrappers.values() if getattr(w, "can_merge", False)]
     if mergeable:
         mergeable[0].merge()  # one layer merged through its wrapper, behind the handle's back
@@ -249,9 +313,9 @@ def test_load_state_dict_is_all_or_nothing(case):
         assert all(torch.equal(before[k], v) for k, v in handle.state_dict().items())
 
 
-def test_every_part_two_method_is_in_the_registry():
+def test_every_method_is_in_the_registry():
     covered = {case.module.__name__ for case in CASES}
-    for module in (adapter, glora, ia3, llama_adapter, lora, meft, prefix, propetl):
+    for module in (adapter, glora, ia3, llama_adapter, lora, meft, prefix, propetl, projector, qformer, video_qformer):
         assert module.__name__ in covered, f"{module.__name__} has no contract case"
 
 
