@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -46,7 +49,7 @@ print(f"scale = {SCALE!r}")
 # its sizes for both scales in one small dataclass, so you can see exactly what changes:
 
 # %%
-from minipeft.core import show_source
+from minipeft.book import show_source
 
 show_source(minipeft.scale)
 
@@ -71,7 +74,8 @@ print("running on:", hardware_summary())
 # dequantises them once into an ordinary float32 `transformers.LlamaForCausalLM` and caches the result.
 
 # %%
-from minipeft.core import Stopwatch, parameter_report
+from minipeft.book import Stopwatch
+from minipeft.core import parameter_report
 from minipeft.models import generate_answer, load_smollm2
 
 with Stopwatch() as load_time:
@@ -103,23 +107,20 @@ print(f"{tokens_generated} tokens in {generation_time.seconds:.1f} s")
 
 # %% [markdown]
 # A language model assigns a probability to text. Its average next-token cross-entropy (the *loss*) is low on
-# fluent English and high on the same words shuffled — a quick check that the dequantised weights are sane:
+# fluent English and high on the same words shuffled — a quick check that the dequantised weights are sane. Later
+# chapters run the same check before and after fine-tuning, so it lives in the library as
+# `minipeft.tasks.language.text_loss`:
 
 # %%
 import torch
+
+from minipeft.tasks.language import text_loss
 
 sentence = "The town sits at the edge of a wide river. Every morning, fishermen push their boats into the water."
 words = sentence.split()
 shuffled = " ".join(words[i] for i in torch.randperm(len(words), generator=torch.Generator().manual_seed(SEED)))
 
-
-def lm_loss(text: str) -> float:
-    ids = llm_tokenizer(text, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        return llm(input_ids=ids, labels=ids).loss.item()
-
-
-fluent_loss, shuffled_loss = lm_loss(sentence), lm_loss(shuffled)
+fluent_loss, shuffled_loss = text_loss(llm, llm_tokenizer, sentence), text_loss(llm, llm_tokenizer, shuffled)
 print(f"loss on fluent text  : {fluent_loss:.2f} (perplexity {torch.tensor(fluent_loss).exp():.0f})")
 print(f"loss on shuffled text: {shuffled_loss:.2f} (perplexity {torch.tensor(shuffled_loss).exp():.0f})")
 assert fluent_loss + 2 < shuffled_loss
@@ -240,7 +241,7 @@ print(f"{len(shapes.questions)} questions about these 8 images, e.g. {shapes.que
 # task does it make hard? (3) Run EfficientNet on `skimage.data.rocket()`; is the top class sensible?
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 record(
     "00_how_to_use", "How to use this book: the three frozen backbones",

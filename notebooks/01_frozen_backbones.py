@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -81,7 +84,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 # PyPI wheel, so this chapter runs offline. A sentence vector is the mean of the last layer's token vectors:
 
 # %%
-from minipeft.core import show_source
+from minipeft.book import show_source
 from minipeft.models.minilm import SentenceEncoder
 
 show_source(SentenceEncoder)
@@ -95,14 +98,18 @@ show_source(SentenceEncoder)
 # Each intent's templates are split: the training set and the **in-distribution (ID) test set** use
 # the first two thirds, the **shifted test set** uses phrasings never seen in training (*"make sure I'm awake by
 # 7:30"* when training only said *"set an alarm for …"*). Slot values (rooms, songs, times) are shared.
+#
+# Every chapter up to chapter 8 uses this task, so the split lives in the library, `minipeft.tasks.intents`:
 
 # %%
-from minipeft.datasets import make_intents
+from minipeft.tasks.intents import intent_split
 
-train_set = make_intents("train", per_class=SIZES.train_per_class, seed=SEED)
-test_id = make_intents("train", per_class=SIZES.test_per_class, seed=SEED + 1000)  # same templates, new draws
-test_shift = make_intents("test", per_class=SIZES.test_per_class, seed=SEED)  # unseen templates
-LABELS = train_set.label_names
+show_source(intent_split)
+
+# %%
+task = intent_split(train_per_class=SIZES.train_per_class, test_per_class=SIZES.test_per_class, seed=SEED)
+train_set, test_id, test_shift = task.train, task.test_id, task.test_shift
+LABELS = task.label_names
 for text, label in list(zip(train_set.texts, train_set.labels))[:5]:
     print(f"train  {LABELS[label]:>15}: {text}")
 for text, label in list(zip(test_shift.texts, test_shift.labels))[:5]:
@@ -143,7 +150,8 @@ print(report)
 #
 # Because the encoder is frozen, its features never change: we compute them **once** and train the head on the
 # cached vectors — hundreds of steps in a second. (Chapters that fine-tune the encoder cannot do this; that cost
-# difference is part of the story.) The training loop is `minipeft.core.train`; here is its heart:
+# difference is part of the story; `minipeft.tasks.intents.train_probe` is the recipe, shown below.) The training
+# loop is `minipeft.core.train`; here is its heart:
 
 # %%
 from minipeft.core import train as train_fn
@@ -151,34 +159,23 @@ from minipeft.core import train as train_fn
 show_source(train_fn)
 
 # %%
-from torch import nn
-
 from minipeft.core import TrainConfig, train
 from minipeft.evaluation import accuracy
 from minipeft.models import encode_sentences
+from minipeft.tasks.intents import train_probe
 
+show_source(train_probe)
+
+# %%
 start = time.perf_counter()
 features = {name: encode_sentences(encoder, tokenizer, data.texts)
             for name, data in [("train", train_set), ("id", test_id), ("shift", test_shift)]}
 feature_seconds = time.perf_counter() - start
-labels = {name: torch.tensor(data.labels) for name, data in [("train", train_set), ("id", test_id), ("shift", test_shift)]}
+labels = task.labels  # {"train", "id", "shift"} -> (N,) label tensors
 print(f"encoded {sum(len(f) for f in features.values())} sentences in {feature_seconds:.1f} s")
 
-
-def train_probe(train_features, train_labels, steps, seed=SEED):
-    """Fit the linear head of equation (1.1) on cached features; returns the head and its history."""
-    torch.manual_seed(seed)
-    head = nn.Linear(train_features.shape[1], len(LABELS))
-    examples = list(zip(train_features, train_labels))
-    config = TrainConfig(steps=steps, batch_size=32, lr=1e-2, weight_decay=1e-4, seed=seed, device="cpu",
-                         progress=False)
-    history = train(head, examples, lambda model, batch: nn.functional.cross_entropy(model(batch[0]), batch[1]),
-                    config)
-    return head, history
-
-
 start = time.perf_counter()
-probe_head, probe_history = train_probe(features["train"], labels["train"], SIZES.probe_steps)
+probe_head, probe_history = train_probe(features["train"], labels["train"], len(LABELS), SIZES.probe_steps, seed=SEED)
 probe_seconds = time.perf_counter() - start + feature_seconds
 with torch.no_grad():
     probe_acc = {name: accuracy(probe_head(features[name]), labels[name]) for name in ("id", "shift")}
@@ -190,32 +187,27 @@ print(f"linear probe: ID accuracy {probe_acc['id']:.3f}, shifted accuracy {probe
 #
 # Both train the whole encoder plus the head on tokenised sentences with the same loop, batch size and number of
 # steps. Each gets a learning rate suited to it: small for fine-tuning (the pretrained weights are already good;
-# large steps would destroy them), larger for random weights.
+# large steps would destroy them), larger for random weights. The classifier's logits, its loss and the accuracy per
+# test set are the same in every chapter that follows, so they too live in `minipeft.tasks.intents`:
+
+# %%
+from minipeft.tasks.intents import classification_loss, logits_of, split_accuracy
+
+show_source(logits_of)
+show_source(classification_loss)
 
 # %%
 from transformers import BertModel
 
 from minipeft.core import unfreeze
-from minipeft.evaluation import predict
-from minipeft.models import tokenize_examples, trim_padding
 
-train_examples = tokenize_examples(tokenizer, train_set.texts, train_set.labels)
-test_examples = {"id": tokenize_examples(tokenizer, test_id.texts, test_id.labels),
-                 "shift": tokenize_examples(tokenizer, test_shift.texts, test_shift.labels)}
-
-
-def classification_loss(model, batch):
-    batch = trim_padding(batch)
-    return nn.functional.cross_entropy(model(batch["input_ids"], batch["attention_mask"]), batch["label"])
-
-
-def logits_of(model, batch):
-    batch = trim_padding(batch)
-    return model(batch["input_ids"], batch["attention_mask"])
+examples = task.tokenize(tokenizer)  # {"train", "id", "shift"} -> tokenised examples, each with its label
+train_examples = examples["train"]
+test_examples = {"id": examples["id"], "shift": examples["shift"]}
 
 
 def evaluate_shift(model):
-    return {"shift_accuracy": accuracy(predict(model, test_examples["shift"], logits_of), labels["shift"])}
+    return {"shift_accuracy": split_accuracy(model, test_examples, splits=("shift",))["shift"]}
 
 
 def fit_encoder(model, lr, name):
@@ -224,7 +216,7 @@ def fit_encoder(model, lr, name):
     start = time.perf_counter()
     history = train(model, train_examples, classification_loss, config, evaluate=evaluate_shift)
     seconds = time.perf_counter() - start
-    result = {split: accuracy(predict(model, test_examples[split], logits_of), labels[split]) for split in ("id", "shift")}
+    result = split_accuracy(model, test_examples)  # {"id": ..., "shift": ...}
     print(f"{name}: ID accuracy {result['id']:.3f}, shifted accuracy {result['shift']:.3f} ({seconds:.1f} s)")
     return history, result, seconds
 
@@ -279,11 +271,13 @@ assert probe_acc["id"] >= 0.75 and finetune_acc["id"] >= 0.75
 # %%
 import matplotlib.pyplot as plt
 
+from minipeft.datasets import make_intents
+
 curve = []
 for per_class in SIZES.curve_sizes:
     subset = make_intents("train", per_class=per_class, seed=SEED + 7)
     subset_features = encode_sentences(encoder, tokenizer, subset.texts)
-    head, _ = train_probe(subset_features, torch.tensor(subset.labels), SIZES.probe_steps)
+    head, _ = train_probe(subset_features, torch.tensor(subset.labels), len(LABELS), SIZES.probe_steps, seed=SEED)
     with torch.no_grad():
         curve.append((per_class, accuracy(head(features["id"]), labels["id"]),
                       accuracy(head(features["shift"]), labels["shift"])))
@@ -349,7 +343,7 @@ for per_class, acc_id, acc_shift in curve:
 # The last cell writes `notebooks/results/01_frozen_backbones.json`; the README's chapter table is generated from it.
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 record(
     "01_frozen_backbones", "Frozen backbones: probe vs fine-tuning vs scratch",

@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -114,7 +117,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 # belongs (`nn.Linear` stores each matrix transposed, so `down.weight` is $W_{\text{down}}^\top$):
 
 # %%
-from minipeft.core import show_source
+from minipeft.book import show_source
 from minipeft.peft import adapter
 
 show_source(adapter.BottleneckAdapter)
@@ -154,29 +157,28 @@ show_source(adapter.apply)
 # ## 2.3 Task, backbone and the frozen baseline
 #
 # The same 12-intent task, sizes and seeds as chapter 1: 16 training sentences per intent, an in-distribution
-# (ID) test set drawn from the training templates and a shifted test set of phrasings never seen in training.
+# (ID) test set drawn from the training templates and a shifted test set of phrasings never seen in training —
+# chapter 1's `intent_split`, imported from `minipeft.tasks.intents` with the task's other helpers.
 
 # %%
 import torch
 from torch import nn
 
-from minipeft.datasets import make_intents
-from minipeft.models import SentenceClassifier, load_minilm, tokenize_examples, trim_padding
+from minipeft.models import SentenceClassifier, load_minilm, trim_padding
+from minipeft.tasks.intents import classification_loss, intent_split, logits_of, split_accuracy, train_probe
 
-train_set = make_intents("train", per_class=SIZES.train_per_class, seed=SEED)
-test_id = make_intents("train", per_class=SIZES.test_per_class, seed=SEED + 1000)  # same templates, new draws
-test_shift = make_intents("test", per_class=SIZES.test_per_class, seed=SEED)  # unseen templates
-LABELS = train_set.label_names
+task = intent_split(train_per_class=SIZES.train_per_class, test_per_class=SIZES.test_per_class, seed=SEED)
+train_set, test_id, test_shift = task.train, task.test_id, task.test_shift
+LABELS = task.label_names
 
 torch.manual_seed(SEED)
 encoder, tokenizer = load_minilm(normalize=False)  # frozen, eval mode; shared by every run below
 bert = encoder.bert
 d, n_layers = bert.config.hidden_size, bert.config.num_hidden_layers
-train_examples = tokenize_examples(tokenizer, train_set.texts, train_set.labels)
-test_examples = {"id": tokenize_examples(tokenizer, test_id.texts, test_id.labels),
-                 "shift": tokenize_examples(tokenizer, test_shift.texts, test_shift.labels)}
-labels = {"train": torch.tensor(train_set.labels), "id": torch.tensor(test_id.labels),
-          "shift": torch.tensor(test_shift.labels)}
+examples = task.tokenize(tokenizer)  # {"train", "id", "shift"} -> tokenised examples, each with its label
+train_examples = examples["train"]
+test_examples = {"id": examples["id"], "shift": examples["shift"]}
+labels = task.labels  # {"train", "id", "shift"} -> (N,) label tensors
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -184,9 +186,9 @@ print(f"train {len(train_set)} | test (ID) {len(test_id)} | test (shifted) {len(
 print(f"MiniLM: d = {d}, {n_layers} layers, {sum(p.numel() for p in bert.parameters()):,} parameters")
 
 # %% [markdown]
-# The linear probe of chapter 1 is cheap to recompute because the encoder is frozen: encode every sentence once,
-# then train a linear head on the cached vectors. Those cached vectors are also the *base model's* embeddings,
-# which the sanity checks below compare against.
+# The linear probe of chapter 1 (`train_probe`) is cheap to recompute because the encoder is frozen: encode every
+# sentence once, then train a linear head on the cached vectors. Those cached vectors are also the *base model's*
+# embeddings, which the sanity checks below compare against.
 
 # %%
 from minipeft.core import TrainConfig, train
@@ -196,20 +198,7 @@ from minipeft.models import encode_sentences
 start = time.perf_counter()
 features = {name: encode_sentences(encoder, tokenizer, data.texts)
             for name, data in [("train", train_set), ("id", test_id), ("shift", test_shift)]}
-
-
-def train_probe(train_features, train_labels, steps, seed=SEED):
-    """Fit a linear head on cached features (chapter 1's recipe)."""
-    torch.manual_seed(seed)
-    head = nn.Linear(train_features.shape[1], len(LABELS))
-    config = TrainConfig(steps=steps, batch_size=32, lr=1e-2, weight_decay=1e-4, seed=seed, device="cpu",
-                         progress=False)
-    train(head, list(zip(train_features, train_labels)),
-          lambda model, batch: nn.functional.cross_entropy(model(batch[0]), batch[1]), config)
-    return head
-
-
-probe_head = train_probe(features["train"], labels["train"], SIZES.probe_steps)
+probe_head, _ = train_probe(features["train"], labels["train"], len(LABELS), SIZES.probe_steps, seed=SEED)
 probe_seconds = time.perf_counter() - start
 with torch.no_grad():
     probe_acc = {name: accuracy(probe_head(features[name]), labels[name]) for name in ("id", "shift")}
@@ -339,26 +328,19 @@ wrong_handle.undo()
 #
 # Each run: a fresh head (same seed), adapters applied to the shared frozen encoder, `minipeft.core.train` for
 # the same number of steps and batch size as chapter 1's fine-tuning, evaluation, then `undo()`. What a task
-# needs to keep is `handle.state_dict()` plus the head — we record its size.
+# needs to keep is `handle.state_dict()` plus the head — we record its size. Every chapter that compares methods on
+# one shared encoder runs these same steps, so they live in the library:
 #
 # **Learning rate.** Adapters start from an exact zero update and are small, so they need a much larger learning
 # rate than fine-tuning (chapter 1 used $10^{-4}$ there). We use $3 \cdot 10^{-3}$ and check the choice with a
 # sweep below.
 
 # %%
-from minipeft.evaluation import predict
+from minipeft.tasks.harness import apply_train_evaluate
 
+show_source(apply_train_evaluate)
 
-def classification_loss(model, batch):
-    batch = trim_padding(batch)
-    return nn.functional.cross_entropy(model(batch["input_ids"], batch["attention_mask"]), batch["label"])
-
-
-def logits_of(model, batch):
-    batch = trim_padding(batch)
-    return model(batch["input_ids"], batch["attention_mask"])
-
-
+# %%
 runs = {}  # (placement, r, lr) -> result
 
 
@@ -367,26 +349,24 @@ def train_adapter(placement, reduction_factor=16, lr=SIZES.adapter_lr):
     key = (placement, reduction_factor, lr)
     if key in runs:
         return runs[key]
-    torch.manual_seed(SEED)
-    model = SentenceClassifier(encoder, num_classes=len(LABELS))
     scaling = 4.0 if placement == "parallel" else 1.0  # He et al.'s setting (AdapterHub's ParBnConfig)
     config = adapter.AdapterConfig(placement=placement, reduction_factor=reduction_factor, scaling=scaling)
-    run_handle = adapter.apply(model.encoder.bert, config)
-    trainable = count_parameters(model, trainable_only=True)
+
+    def build():  # the head first, then the adapters: the order decides which random numbers initialise what
+        model = SentenceClassifier(encoder, num_classes=len(LABELS))
+        return model, adapter.apply(model.encoder.bert, config)
+
     train_config = TrainConfig(steps=SIZES.adapter_steps, batch_size=SIZES.batch_size, lr=lr, warmup_steps=5,
                                weight_decay=0.01, seed=SEED, device="cpu")
-    history = train(model, train_examples, classification_loss, train_config)
-    acc = {split: accuracy(predict(model, test_examples[split], logits_of), labels[split]) for split in ("id", "shift")}
-    saved_bytes = sum(t.numel() * t.element_size() for t in run_handle.state_dict().values()) \
-        + sum(p.numel() * p.element_size() for p in model.head.parameters())
-    run_handle.undo()
-    encoder.eval()  # train() left the shared encoder in training mode (dropout on)
+    run = apply_train_evaluate(build, train_examples, test_examples, train_config, inspect=lambda model, _: {
+        "head_bytes": sum(p.numel() * p.element_size() for p in model.head.parameters())})
+    acc, history = run.accuracy, run.history
     runs[key] = {"placement": placement, "r": reduction_factor, "m": d // reduction_factor, "lr": lr,
                  "adapters": len(config.layers or range(n_layers)) * (2 if placement == "houlsby" else 1),
-                 "trainable": trainable, "acc": acc, "seconds": history.wall_time, "history": history,
-                 "saved_bytes": saved_bytes}
+                 "trainable": run.trainable, "acc": acc, "seconds": history.wall_time, "history": history,
+                 "saved_bytes": run.handle_bytes + run.extras["head_bytes"]}
     print(f"{placement:>8} r={reduction_factor:<3} lr={lr:.0e}: ID {acc['id']:.3f}, shifted {acc['shift']:.3f}, "
-          f"{trainable:,} trainable, {history.wall_time:.1f} s")
+          f"{run.trainable:,} trainable, {history.wall_time:.1f} s")
     return runs[key]
 
 
@@ -418,10 +398,10 @@ import json
 
 from transformers import BertModel
 
-from minipeft.core.results import RESULTS_DIR
+from minipeft.book.results import results_dir
 from minipeft.models import SentenceEncoder
 
-chapter1 = json.loads((RESULTS_DIR / "01_frozen_backbones.json").read_text())
+chapter1 = json.loads((results_dir() / "01_frozen_backbones.json").read_text())
 finetune_params = count_parameters(encoder) + head_params  # full fine-tuning trains everything
 if chapter1["scale"] == SCALE:
     finetune_acc = {"id": chapter1["metrics"]["fine-tune ID acc"]["value"] / 100,
@@ -437,8 +417,7 @@ else:  # chapter 1's recipe: 1e-4 for fine-tuning, 5e-4 from random weights
         config = TrainConfig(steps=SIZES.adapter_steps, batch_size=SIZES.batch_size, lr=lr, warmup_steps=5,
                              weight_decay=0.01, seed=SEED, device="cpu")
         history = train(model, train_examples, classification_loss, config)
-        return ({split: accuracy(predict(model, test_examples[split], logits_of), labels[split])
-                 for split in ("id", "shift")}, history.wall_time)
+        return split_accuracy(model, test_examples), history.wall_time
 
     finetune_acc, finetune_seconds = fit_whole_encoder(load_minilm(frozen=False, normalize=False)[0].bert, 1e-4)
     torch.manual_seed(SEED)
@@ -673,7 +652,7 @@ print(f"parallel vs Houlsby (r=16): ID {100 * (parallel['acc']['id'] - houlsby['
 # The last cell writes `notebooks/results/02_adapters.json`; the README's chapter table is generated from it.
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 record(
     "02_adapters", "Bottleneck adapters: Houlsby, Pfeiffer, parallel",

@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -127,7 +130,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 # Here is the layer's math in `minipeft/peft/glora.py` — the entangled support tensor and equations (5.1)–(5.2):
 
 # %%
-from minipeft.core import show_source
+from minipeft.book import show_source
 from minipeft.peft import glora
 
 show_source(glora.GloraLowRank)
@@ -143,19 +146,20 @@ show_source(glora.GloraLinear.effective_weight_and_bias)
 # test sets must never decide which model we keep, or their accuracy would no longer be a test. We draw a
 # **validation split** from the *training* templates with a new seed, drop any sentence that also occurs in the
 # training set or a test set, and tokenise it once into one batch (every candidate of the search is scored on it).
+# The split, the classifier's logits and loss, and the accuracy per test set are chapter 1's, from
+# `minipeft.tasks.intents`.
 
 # %%
 import torch
-from torch import nn
 from torch.utils.data import default_collate
 
 from minipeft.datasets import make_intents
-from minipeft.evaluation import accuracy, predict
+from minipeft.evaluation import accuracy
 from minipeft.models import SentenceClassifier, load_minilm, tokenize_examples, trim_padding
+from minipeft.tasks.intents import classification_loss, intent_split, logits_of, split_accuracy
 
-train_set = make_intents("train", per_class=16, seed=SEED)
-test_shift = make_intents("test", per_class=30, seed=SEED)
-test_id = make_intents("train", per_class=30, seed=SEED + 1000)
+task = intent_split(train_per_class=16, test_per_class=30, seed=SEED)
+train_set, test_id, test_shift = task.train, task.test_id, task.test_shift
 drawn = make_intents("train", per_class=SIZES.val_per_class, seed=SEED + 2000)  # training templates, new draws
 seen = set(train_set.texts) | set(test_id.texts) | set(test_shift.texts)
 val_texts, val_labels = zip(*[(t, y) for t, y in zip(drawn.texts, drawn.labels) if t not in seen])
@@ -163,25 +167,15 @@ NUM_CLASSES = len(train_set.label_names)
 
 encoder, tokenizer = load_minilm(normalize=False)  # GLoRA goes into this copy
 base_encoder, _ = load_minilm(normalize=False)  # an untouched copy: the reference for outputs and latency
-train_examples = tokenize_examples(tokenizer, train_set.texts, train_set.labels)
-tests = {"id": (tokenize_examples(tokenizer, test_id.texts, test_id.labels), test_id.labels),
-         "shift": (tokenize_examples(tokenizer, test_shift.texts, test_shift.labels), test_shift.labels)}
+examples = task.tokenize(tokenizer)  # {"train", "id", "shift"} -> tokenised examples with labels
+train_examples = examples["train"]
+tests = {"id": examples["id"], "shift": examples["shift"]}
 val_batch = trim_padding(default_collate(tokenize_examples(tokenizer, val_texts, val_labels)))
-
-
-def logits_of(model, batch):
-    batch = trim_padding(batch)
-    return model(batch["input_ids"], batch["attention_mask"])
-
-
-def classification_loss(model, batch):
-    return nn.functional.cross_entropy(logits_of(model, batch), batch["label"])
 
 
 def test_accuracy(classifier):
     """Accuracy on the two test sets — used only to report a model, never to choose one."""
-    return {split: accuracy(predict(classifier, examples, logits_of), labels)
-            for split, (examples, labels) in tests.items()}
+    return split_accuracy(classifier, tests)
 
 
 @torch.no_grad()
@@ -249,27 +243,33 @@ print("encoder output equals the pretrained one at init, for 4 different paths:"
 #
 # Chapter 3's recipe on the untouched copy of the encoder: LoRA $r = 4$, $\alpha = 2r$ on query and value, a fresh
 # linear head, AdamW with warm-up. (The head's 4,620 parameters train in every method of this chapter and are left
-# out of the counts.) `undo()` afterwards gives the pristine encoder back for the latency comparison.
+# out of the counts.) Chapter 2's apply → train → evaluate → undo harness runs it, so `undo()` afterwards gives
+# the pristine encoder back for the latency comparison.
 
 # %%
 from minipeft.core import TrainConfig, train
 from minipeft.peft import lora
+from minipeft.tasks.harness import apply_train_evaluate
+
+
+def train_config(steps, lr, progress=True):
+    return TrainConfig(steps=steps, batch_size=16, lr=lr, warmup_steps=5, seed=SEED, device="cpu", progress=progress)
 
 
 def fit(classifier, steps, lr, progress=True):
-    return train(classifier, train_examples, classification_loss,
-                 TrainConfig(steps=steps, batch_size=16, lr=lr, warmup_steps=5, seed=SEED, device="cpu",
-                             progress=progress))
+    return train(classifier, train_examples, classification_loss, train_config(steps, lr, progress))
 
 
-torch.manual_seed(SEED)
-lora_handle = lora.apply(base_encoder.bert, lora.LoraConfig(r=SIZES.rank, alpha=2 * SIZES.rank,
-                                                            target_modules=["query", "value"]))
-lora_classifier = SentenceClassifier(base_encoder, num_classes=NUM_CLASSES)
-lora_history = fit(lora_classifier, SIZES.lora_steps, SIZES.lora_lr)
-lora_params = sum(p.numel() for p in lora_handle.state_dict().values())
-lora_result = {**test_accuracy(lora_classifier), "val": validation_accuracy(lora_classifier)}
-lora_handle.undo()
+def build_lora():  # LoRA first, then a fresh head
+    handle = lora.apply(base_encoder.bert, lora.LoraConfig(r=SIZES.rank, alpha=2 * SIZES.rank,
+                                                           target_modules=["query", "value"]))
+    return SentenceClassifier(base_encoder, num_classes=NUM_CLASSES), handle
+
+
+lora_run = apply_train_evaluate(build_lora, train_examples, tests, train_config(SIZES.lora_steps, SIZES.lora_lr),
+                                inspect=lambda model, _: {"val": validation_accuracy(model)})
+lora_history, lora_params = lora_run.history, lora_run.handle_numel
+lora_result = {**lora_run.accuracy, **lora_run.extras}
 print(f"LoRA r={SIZES.rank}: {lora_params:,} parameters | validation {lora_result['val']:.3f} | "
       f"ID {lora_result['id']:.3f} | shifted {lora_result['shift']:.3f} | {lora_history.wall_time:.0f} s")
 
@@ -519,28 +519,22 @@ show_source(glora.GloraLinear.merge)
 
 # %% [markdown]
 # We time forward passes of the untouched base encoder and the GLoRA encoder *interleaved* (base, GLoRA, base,
-# GLoRA, …) so that the shared CPU's slow and fast moments hit both alike, and report the median of each.
+# GLoRA, …) so that the shared CPU's slow and fast moments hit both alike, and report the median of each — the
+# bench's turn-taking timer, through `minipeft.tasks.timing`:
 
 # %%
-import statistics
+from minipeft.tasks.timing import forward_latency
 
-from minipeft.core import Stopwatch
+show_source(forward_latency)
 
-latency_batch = trim_padding(default_collate(tests["shift"][0][:32]))
+# %%
+latency_batch = trim_padding(default_collate(tests["shift"][:32]))
+latency_inputs = {"input_ids": latency_batch["input_ids"], "attention_mask": latency_batch["attention_mask"]}
 
 
-def interleaved_latency(models, repeats=SIZES.latency_repeats):
+def interleaved_latency(models):
     """Median seconds of one forward pass of each encoder over the same batch, timed in alternation."""
-    times = {name: [] for name in models}
-    with torch.no_grad():
-        for model in models.values():  # warm-up
-            model(latency_batch["input_ids"], latency_batch["attention_mask"])
-        for _ in range(repeats):
-            for name, model in models.items():
-                with Stopwatch() as watch:
-                    model(latency_batch["input_ids"], latency_batch["attention_mask"])
-                times[name].append(watch.seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return forward_latency(models, latency_inputs, repeats=SIZES.latency_repeats)
 
 
 encoder.eval()
@@ -630,7 +624,7 @@ assert merged_ratio < 1.3, merged_latency  # equal work; the margin is only for 
 # ## 5.13 Record what this run measured
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 record(
     "05_glora", "GLoRA: a searched, re-parameterisable layer vs LoRA at the same budget",

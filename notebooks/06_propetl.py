@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -124,7 +127,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 # are kept:
 
 # %%
-from minipeft.core import show_source
+from minipeft.book import show_source
 from minipeft.peft import propetl
 
 show_source(propetl.TopKMask)
@@ -149,27 +152,25 @@ show_source(propetl.MaskedLayer.__init__)
 #
 # The task, sizes and seeds of chapters 1–3: 16 training sentences for each of 12 intents, an in-distribution (ID)
 # test set drawn from the training templates and a shifted test set of phrasings never seen in training. The
-# backbone is the frozen MiniLM encoder with raw mean pooling.
+# backbone is the frozen MiniLM encoder with raw mean pooling. The split comes from `minipeft.tasks.intents`.
 
 # %%
 import torch
-from torch import nn
 
-from minipeft.datasets import make_intents
-from minipeft.models import SentenceClassifier, encode_sentences, load_minilm, tokenize_examples, trim_padding
+from minipeft.models import SentenceClassifier, encode_sentences, load_minilm
+from minipeft.tasks.intents import intent_split
 
-train_set = make_intents("train", per_class=SIZES.train_per_class, seed=SEED)
-test_id = make_intents("train", per_class=SIZES.test_per_class, seed=SEED + 1000)  # same templates, new draws
-test_shift = make_intents("test", per_class=SIZES.test_per_class, seed=SEED)  # unseen templates
-LABELS = train_set.label_names
+task = intent_split(train_per_class=SIZES.train_per_class, test_per_class=SIZES.test_per_class, seed=SEED)
+train_set, test_id, test_shift = task.train, task.test_id, task.test_shift
+LABELS = task.label_names
 
 torch.manual_seed(SEED)
 encoder, tokenizer = load_minilm(normalize=False)  # frozen, eval mode; shared by every run below
 bert = encoder.bert
 d, n_layers = bert.config.hidden_size, bert.config.num_hidden_layers
-train_examples = tokenize_examples(tokenizer, train_set.texts, train_set.labels)
-tests = {"id": (tokenize_examples(tokenizer, test_id.texts, test_id.labels), test_id.labels),
-         "shift": (tokenize_examples(tokenizer, test_shift.texts, test_shift.labels), test_shift.labels)}
+examples = task.tokenize(tokenizer)  # {"train", "id", "shift"} -> tokenised examples with labels
+train_examples = examples["train"]
+tests = {"id": examples["id"], "shift": examples["shift"]}
 check_texts = test_shift.texts[:96]
 base_features = encode_sentences(encoder, tokenizer, check_texts)  # the pretrained model's sentence vectors
 
@@ -398,55 +399,57 @@ show_source(propetl.optimizer_groups)
 # $10^{-2}$ was better for all but LoRA $r = 8$, which did slightly better at chapter 3's $5 \cdot 10^{-3}$ (keep
 # this in mind when reading its point). One ablation isolates the masks: the ProAdapter with mask lr 0, i.e. the
 # random masks it started with, frozen.
+#
+# Each run is chapter 2's apply → train → evaluate → undo harness; ProPETL adds its own optimiser groups (the
+# masks' scores at their own learning rate) and, before `undo()`, exports its masks and what a user would ship.
 
 # %%
-from minipeft.core import TrainConfig, train
-from minipeft.evaluation import accuracy, predict
-
-
-def logits_of(model, batch):
-    batch = trim_padding(batch)
-    return model(batch["input_ids"], batch["attention_mask"])
-
-
-def classification_loss(model, batch):
-    return nn.functional.cross_entropy(logits_of(model, batch), batch["label"])
-
+from minipeft.core import TrainConfig
+from minipeft.evaluation import predict
+from minipeft.tasks.harness import apply_train_evaluate
+from minipeft.tasks.intents import logits_of
 
 runs = {}
 
 
 def run(name, label, family, make, mask_lr=None, keep_for_restore=False):
     """Apply a method to the shared encoder, train it with a fresh head, evaluate, record, and undo it."""
-    torch.manual_seed(SEED)
-    run_handle = make()
-    model = SentenceClassifier(encoder, num_classes=len(LABELS))  # fresh, trainable head
-    groups, result = None, {"family": family, "label": label, "stored": storage(run_handle)}
-    if run_handle.method == "propetl":
-        groups = propetl.optimizer_groups(run_handle, lr=SIZES.lr, mask_lr=mask_lr)
-        groups.append({"params": list(model.head.parameters()), "lr": SIZES.lr})
-        result["masks_before"] = propetl.export_masks(run_handle)
-    result["trainable"] = count_parameters(model, trainable_only=True)
+    masks_before = {}
+
+    def build():
+        run_handle = make()
+        if run_handle.method == "propetl":
+            masks_before.update(propetl.export_masks(run_handle))
+        return SentenceClassifier(encoder, num_classes=len(LABELS)), run_handle  # fresh, trainable head
+
+    def groups(model, run_handle):  # ProPETL only: its scores train at mask_lr, everything else at SIZES.lr
+        if run_handle.method != "propetl":
+            return None
+        return propetl.optimizer_groups(run_handle, lr=SIZES.lr, mask_lr=mask_lr) + [
+            {"params": list(model.head.parameters()), "lr": SIZES.lr}]
+
+    def inspect(model, run_handle):  # the trained method, before undo()
+        kept = {"stored": storage(run_handle), "head": {k: v.clone() for k, v in model.head.state_dict().items()}}
+        if run_handle.method == "propetl":
+            kept.update(masks_after=propetl.export_masks(run_handle), config=run_handle.config,
+                        prototypes=[{k: v.detach().clone() for k, v in p.state_dict().items()}
+                                    for p in propetl.prototypes(run_handle)])
+        return kept
+
     config = TrainConfig(steps=SIZES.steps, batch_size=SIZES.batch_size, lr=SIZES.lr, warmup_steps=5, seed=SEED,
                          device="cpu")
-    history = train(model, train_examples, classification_loss, config, groups=groups)
-    logits = {split: predict(model, examples, logits_of) for split, (examples, _) in tests.items()}
-    result["acc"] = {split: accuracy(logits[split], labels) for split, (_, labels) in tests.items()}
-    result.update(seconds=history.wall_time, history=history)
-    if run_handle.method == "propetl":
-        result["masks_after"] = propetl.export_masks(run_handle)
-        result["keep"] = run_handle.config.keep_fraction
+    outcome = apply_train_evaluate(build, train_examples, tests, config, groups=groups, inspect=inspect)
+    kept = outcome.extras
+    result = {"family": family, "label": label, "stored": kept["stored"], "trainable": outcome.trainable,
+              "acc": outcome.accuracy, "seconds": outcome.seconds, "history": outcome.history}
+    if masks_before:
+        result.update(masks_before=masks_before, masks_after=kept["masks_after"], keep=kept["config"].keep_fraction)
     if keep_for_restore:  # what a user would ship: prototype floats, mask bits, head
-        result["shipped"] = {
-            "prototypes": [{k: v.detach().clone() for k, v in p.state_dict().items()}
-                           for p in propetl.prototypes(run_handle)],
-            "masks": result["masks_after"], "head": {k: v.clone() for k, v in model.head.state_dict().items()},
-            "logits": logits["shift"], "config": run_handle.config}
-    run_handle.undo()
-    encoder.eval()  # train() left the shared encoder in training mode
+        result["shipped"] = {"prototypes": kept["prototypes"], "masks": kept["masks_after"], "head": kept["head"],
+                             "logits": outcome.logits["shift"], "config": kept["config"]}
     runs[name] = result
     print(f"{name:36}: ID {result['acc']['id']:.3f} | shifted {result['acc']['shift']:.3f} | stored "
-          f"{result['stored'][2]:>9,} B | trainable {result['trainable']:>9,} | {history.wall_time:.1f} s")
+          f"{result['stored'][2]:>9,} B | trainable {result['trainable']:>9,} | {outcome.seconds:.1f} s")
 
 
 for r in SIZES.lora_ranks:
@@ -468,9 +471,9 @@ run("ProLoRA r=8 k=0.5", "r=8, k=0.5", "ProPETL LoRA", make_pro_lora(0.5), mask_
 # %%
 import json
 
-from minipeft.core.results import RESULTS_DIR
+from minipeft.book.results import results_dir
 
-chapter1 = json.loads((RESULTS_DIR / "01_frozen_backbones.json").read_text())
+chapter1 = json.loads((results_dir() / "01_frozen_backbones.json").read_text())
 probe = {"id": chapter1["metrics"]["probe ID acc"]["value"] / 100,
          "shift": chapter1["metrics"]["probe shifted acc"]["value"] / 100}
 print(f"linear probe (chapter 1, {chapter1['scale']} scale, seed {chapter1['seed']}): ID {probe['id']:.3f}, "
@@ -635,7 +638,7 @@ for prototype, state in zip(propetl.prototypes(restored_handle), shipped["protot
 propetl.load_masks(restored_handle, shipped["masks"])
 restored = SentenceClassifier(encoder, num_classes=len(LABELS))
 restored.head.load_state_dict(shipped["head"])
-restored_difference = (predict(restored, tests["shift"][0], logits_of) - shipped["logits"]).abs().max().item()
+restored_difference = (predict(restored, tests["shift"], logits_of) - shipped["logits"]).abs().max().item()
 restored_handle.undo()
 float_bytes = 4 * sum(t.numel() for state in shipped["prototypes"] for t in state.values())
 bool_bytes = sum(t.numel() * t.element_size() for t in shipped["masks"].values())
@@ -723,7 +726,7 @@ for name, ours, other_name, other in comparisons:
 # The last cell writes `notebooks/results/06_propetl.json`; the README's chapter table is generated from it.
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 pro_lora = runs["ProLoRA r=8 k=0.5"]
 record(

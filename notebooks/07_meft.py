@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -100,7 +103,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 # (parameters excluded):
 
 # %%
-from minipeft.core import show_source
+from minipeft.book import show_source
 from minipeft.core.memory import SavedTensorCounter, count_saved_tensors
 
 show_source(SavedTensorCounter.pack)
@@ -181,15 +184,14 @@ import inspect
 
 import torch
 
-from minipeft.datasets import make_intents
-from minipeft.models import load_minilm, mean_pool, tokenize_examples, trim_padding
+from minipeft.models import load_minilm, mean_pool, trim_padding
+from minipeft.tasks.intents import intent_split
 
 torch.manual_seed(SEED)
 encoder, tokenizer = load_minilm(normalize=False)  # frozen, eval() mode
-train_set = make_intents("train", per_class=SIZES.train_per_class, seed=SEED)
-test_id = make_intents("train", per_class=SIZES.test_per_class, seed=SEED + 1000)
-test_shift = make_intents("test", per_class=SIZES.test_per_class, seed=SEED)
-LABELS = train_set.label_names
+task = intent_split(train_per_class=SIZES.train_per_class, test_per_class=SIZES.test_per_class, seed=SEED)
+train_set = task.train  # chapter 1's split; the test sets are used in §7.7
+LABELS = task.label_names
 check_batch = dict(tokenizer(train_set.texts[:8], padding=True, return_tensors="pt"))  # 8 sentences, padded
 
 
@@ -604,20 +606,11 @@ assert saved[FULL, T_MAX] / saved[FULL, min(SIZES.seq_lengths)] > T_MAX / min(SI
 
 # %%
 from minipeft.core import TrainConfig, train
-from minipeft.evaluation import accuracy, predict
+from minipeft.tasks.intents import classification_loss, split_accuracy
 
-train_examples = tokenize_examples(tokenizer, train_set.texts, train_set.labels)
-tests = {"id": (tokenize_examples(tokenizer, test_id.texts, test_id.labels), test_id.labels),
-         "shift": (tokenize_examples(tokenizer, test_shift.texts, test_shift.labels), test_shift.labels)}
-
-
-def logits_of(model, batch):
-    batch = trim_padding(batch)
-    return model(batch["input_ids"], batch["attention_mask"])
-
-
-def classification_loss(model, batch):
-    return nn.functional.cross_entropy(logits_of(model, batch), batch["label"])
+examples = task.tokenize(tokenizer)  # {"train", "id", "shift"} -> tokenised examples with labels
+train_examples = examples["train"]
+tests = {"id": examples["id"], "shift": examples["shift"]}
 
 
 def fine_tune(method):
@@ -625,8 +618,7 @@ def fine_tune(method):
     config = TrainConfig(steps=SIZES.train_steps, batch_size=SIZES.batch_size, lr=SIZES.lr, warmup_steps=5,
                          seed=SEED, device="cpu")
     history = train(model, train_examples, classification_loss, config)
-    result = {split: accuracy(predict(model, examples, logits_of), labels)
-              for split, (examples, labels) in tests.items()}
+    result = split_accuracy(model, tests)  # {"id": ..., "shift": ...}
     print(f"{method}: ID accuracy {result['id']:.3f}, shifted accuracy {result['shift']:.3f} "
           f"({history.wall_time:.0f} s, loss {history.loss[0]:.2f} → {history.loss[-1]:.3f})")
     return model, history, result
@@ -793,7 +785,7 @@ print(f"saved state + one recomputed layer ≈ {peak_ratio:.1%} of full fine-tun
 # The last cell writes `notebooks/results/07_meft.json`; the README's chapter table is generated from it.
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 record(
     "07_meft", "MEFT: reversible fine-tuning",

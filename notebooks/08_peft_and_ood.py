@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -91,7 +94,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 # Here are the feature scores and FPR95 as the library implements them:
 
 # %%
-from minipeft.core import show_source
+from minipeft.book import show_source
 from minipeft.evaluation import ood
 
 show_source(ood.Mahalanobis)
@@ -234,18 +237,8 @@ print("LoRA at init equals the pretrained features (max|diff| < 1e-6):",
 # scores are computed from these cached tensors (the feature scores are fitted on the *training* features).
 
 # %%
-from torch import nn
-
 from minipeft.core import TrainConfig, train
-
-
-def logits_of(model, batch):
-    batch = trim_padding(batch)
-    return model(batch["input_ids"], batch["attention_mask"])
-
-
-def classification_loss(model, batch):
-    return nn.functional.cross_entropy(logits_of(model, batch), batch["label"])
+from minipeft.tasks.intents import classification_loss  # chapter 1's loss of the intent classifier
 
 
 @torch.no_grad()
@@ -419,7 +412,7 @@ for method in METHODS:
 # ## 8.10 Record what this run measured
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 metrics = {}
 for (method, depth), run in runs.items():
