@@ -2,9 +2,12 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -89,7 +92,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 # Here is the whole linear layer of `minipeft/peft/lora.py`:
 
 # %%
-from minipeft.core import show_source
+from minipeft.book import show_source
 from minipeft.peft import lora
 
 show_source(lora.LoraLinear)
@@ -124,7 +127,7 @@ import statistics
 
 import torch
 
-from minipeft.core import Stopwatch
+from minipeft.book import Stopwatch
 from minipeft.models import generate_answers, load_smollm2, tokenize_chat_pairs, trim_batch
 
 torch.manual_seed(SEED)
@@ -190,14 +193,15 @@ print(f"max |logits(LoRA at init) - logits(base)| = {init_difference}")
 # ## 3.5 Train
 #
 # The loss counts only the answer tokens (`labels` are $-100$ on the prompt). We use `minipeft.core.train` with
-# bf16 autocast (on this CPU it is about 1.5× faster than float32; the LoRA factors themselves stay float32).
+# `amp="auto"`: bf16 autocast where the processor computes bf16 natively (there it is about twice as fast as float32;
+# the LoRA factors themselves stay float32), float32 elsewhere — emulated bf16 would be many times slower.
 
 # %%
 from minipeft.core import TrainConfig, train
 
 examples = tokenize_chat_pairs(tokenizer, [(p.question, p.answer) for p in train_pairs])
 train_config = TrainConfig(steps=SIZES.persona_steps, batch_size=SIZES.persona_batch, lr=SIZES.persona_lr,
-                           warmup_steps=4, seed=SEED, device="cpu", amp=True)
+                           warmup_steps=4, seed=SEED, device="cpu", amp="auto")
 history = train(llm, examples, lambda model, batch: model(**trim_batch(batch)).loss, train_config)
 print(f"loss {history.loss[0]:.3f} → {history.loss[-1]:.3f} in {history.wall_time:.0f} s "
       f"({history.wall_time / SIZES.persona_steps:.2f} s/step)")
@@ -402,7 +406,7 @@ assert best_shift >= baseline["probe shifted acc"] - 0.02, (best_shift, baseline
 # ## 3.13 Record what this run measured
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 record(
     "03_lora", "LoRA: a persona for SmolLM2, merging, and the rank",

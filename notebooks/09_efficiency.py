@@ -110,7 +110,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 
 # %%
 from minipeft import bench
-from minipeft.core import show_source
+from minipeft.book import show_source
 
 print({name: module for name, (module, _) in bench.METHODS.items()})
 show_source(bench.measure_method)
@@ -390,7 +390,7 @@ print(f"first P in the sweep where prompt tuning needs more activation memory th
 # The last cell writes `notebooks/results/09_efficiency.json`.
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 metrics = {}
 for name, row in rows.items():
