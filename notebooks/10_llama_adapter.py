@@ -41,12 +41,14 @@ from dataclasses import dataclass
 import torch
 
 import minipeft
-from minipeft.core import default_device
+from minipeft.core import amp_dtype, default_device
 
 CHAPTER_START = time.perf_counter()
 SCALE = minipeft.scale()  # "ci" on a CPU (a few minutes), "full" on a GPU
 SEED = 0
 DEVICE = default_device() if SCALE == "full" else torch.device("cpu")  # ci: the CPU, even where a GPU is
+# bf16 autocast only where the hardware computes bf16 natively (emulated bf16 is many times slower than float32).
+AUTOCAST = dict(device_type=DEVICE.type, dtype=torch.bfloat16, enabled=amp_dtype(DEVICE) is not None)
 
 
 @dataclass
@@ -110,7 +112,7 @@ print(f"scale={SCALE}  seed={SEED}  device={DEVICE}  {SIZES}")
 # and the gated prompt term is added through the same output projection:
 
 # %%
-from minipeft.core import show_source
+from minipeft.book import show_source
 from minipeft.multimodal import llama_adapter_v2
 from minipeft.peft import llama_adapter
 
@@ -209,7 +211,8 @@ for name, counts in (("LLaMA-65B", v2_65b), ("LLaMA-7B", v2_7b)):
 import torch
 import torch.nn.functional as F
 
-from minipeft.core import Stopwatch, count_parameters, move_to
+from minipeft.book import Stopwatch
+from minipeft.core import count_parameters, move_to
 from minipeft.models import generate_answers, load_smollm2, tokenize_chat_pairs
 
 torch.manual_seed(SEED)
@@ -313,7 +316,7 @@ timing_batch = move_to(default_collate(persona_examples[:4]), DEVICE)  # 4 examp
 step_times = {}
 for layers in (5, 15, 30):
     handle = llama_adapter.apply(llm, llama_adapter.LlamaAdapterConfig(adapter_len=SIZES.v1_len, adapter_layers=layers))
-    with torch.autocast(DEVICE.type, dtype=torch.bfloat16), Stopwatch() as forward:
+    with torch.autocast(**AUTOCAST), Stopwatch() as forward:
         loss = answer_loss(llm, timing_batch)
     with Stopwatch() as backward:
         loss.backward()
@@ -344,7 +347,7 @@ from minipeft.core import TrainConfig, train
 
 v1_handle = llama_adapter.apply(llm, variants["v1"])
 v1_config = TrainConfig(steps=SIZES.v1_steps, batch_size=SIZES.v1_batch, lr=SIZES.v1_lr, warmup_steps=2, seed=SEED,
-                        device=DEVICE, amp=True)
+                        device=DEVICE, amp="auto")
 v1_history = train(llm, persona_examples, answer_loss, v1_config)
 v1_trainable = count_parameters(llm, trainable_only=True)
 print(f"loss {v1_history.loss[0]:.3f} → {v1_history.loss[-1]:.3f} in {v1_history.wall_time:.0f} s "
@@ -541,7 +544,7 @@ def rows(features, index):
 def predict_vqa(model, handle, examples, features, batch_size=50):
     """The predicted answer of each example (with its image, when the model has a visual path)."""
     predictions = []
-    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(**AUTOCAST):
         for start in range(0, len(examples), batch_size):
             batch = move_to(default_collate(examples[start:start + batch_size]), DEVICE)
             if handle is not None:
@@ -570,7 +573,7 @@ for run_name, (fusion, disjoint) in RUNS.items():
         return F.cross_entropy(candidate_logits(model, batch), batch["answer"])
 
     config = TrainConfig(steps=SIZES.vqa_steps, batch_size=SIZES.vqa_batch, lr=SIZES.vqa_lr, warmup_steps=2,
-                         seed=SEED, device=DEVICE, amp=True, progress=False)
+                         seed=SEED, device=DEVICE, amp="auto", progress=False)
     histories = llama_adapter_v2.joint_train(llm, handle, train_vqa, vqa_loss, persona_examples, answer_loss, config,
                                           language_batch_size=SIZES.language_batch, language_lr=SIZES.language_lr,
                                           disjoint=disjoint)
@@ -832,7 +835,7 @@ for index in (0, 1, N - SIZES.vqa_layers, N - 1):
 # ## 10.12 Record what this run measured
 
 # %%
-from minipeft.core.results import record
+from minipeft.book.results import record
 
 run_metrics = {}
 for name, run in vqa_runs.items():
