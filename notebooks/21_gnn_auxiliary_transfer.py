@@ -212,7 +212,7 @@ assert torch.allclose(library_meta, by_hand, atol=1e-5)
 # ## 21.4 Sanity checks
 #
 # **The meta-gradient reaches $\psi$.** The released AUX-TS code replaced the differentiable look-ahead by an
-# in-place optimiser step (our reference notes, §2.2), which leaves the meta loss without any path to $\psi$. Ours:
+# in-place optimiser step (AUX-TS's public code), which leaves the meta loss without any path to $\psi$. Ours:
 
 # %%
 aux_ts.optimizer.zero_grad()
@@ -557,7 +557,7 @@ if HAVE_MOLECULES:
 # | data | OAG-CS (heterogeneous academic graph; Paper–Field classification, NDCG / MRR) and Reddit (node classification, micro-F1), the GPT-GNN datasets | synthetic 4-class SBM graphs with homophily 0.1–0.9 (at `ci`: 300 nodes, 3 labels per class); NCI molecules, TPSA > median (at `ci`: 64 labelled, 160 test) |
 # | model | HGT backbone from GPT-GNN; auxiliary tasks = GPT-GNN's edge and attribute generation | 2-layer GIN, width 32; Hu et al.'s attribute masking, edge prediction, context prediction |
 # | weighting | $\mathcal V_\psi$: 100 hidden units, sigmoid; input loss + task one-hot + cosine | the same with a learned task embedding; Adam, $\beta = 3\cdot10^{-3}$, look-ahead $\alpha = 0.1$ |
-# | numbers | our reference notes did not retrieve the paper's result tables, so we quote none | printed in the tables above; `ci` scale, CPU, one thread |
+# | numbers | the paper's result tables are not quoted here (we could not check them offline) | printed in the tables above; `ci` scale, CPU, one thread |
 #
 # **Why ours may differ.** The paper fine-tunes a large heterogeneous graph model on graphs with hundreds of
 # thousands of nodes; we fine-tune a tiny GIN for {glue:text}`finetune_steps` steps on 300-node graphs with 12
