@@ -591,8 +591,8 @@ print(f"\nper-task storage: Pfeiffer adapters + head {pfeiffer_run['saved_bytes'
 # | claim | source | we measured (this run) |
 # |---|---|---|
 # | Adapters come within 0.4% of full fine-tuning on GLUE while adding only 3.6% parameters per task (BERT-Large; 26 text-classification tasks in all) | Houlsby et al., ICML 2019 {cite}`houlsby2019adapters`, abstract | printed below: Houlsby $r = 16$ trains about 1% of MiniLM; its ID / shifted accuracy minus chapter 1's fine-tuning |
-# | One adapter per layer, after the FFN only (Pfeiffer et al.'s placement), has half the adapter parameters of Houlsby's two | Pfeiffer et al., EACL 2021 {cite}`pfeiffer2021adapterfusion`; the count is equation (2.2) | exact: the parameter check above. Our reference notes give no accuracy number for this comparison, so we report only our own: printed below |
-# | Adapters, prefix tuning and LoRA are one family; recombining their design choices (the parallel placement with a scale among them) gives variants that tune fewer parameters and come close to full fine-tuning on four tasks | He et al., ICLR 2022 {cite}`he2022unified`, abstract; $s_A = 4$ is AdapterHub's `ParBnConfig` default (our reference notes) | parallel $r = 16$, $s_A = 4$ vs Houlsby: printed below |
+# | One adapter per layer, after the FFN only (Pfeiffer et al.'s placement), has half the adapter parameters of Houlsby's two | Pfeiffer et al., EACL 2021 {cite}`pfeiffer2021adapterfusion`; the count is equation (2.2) | exact: the parameter check above. We quote no accuracy number for this comparison, so we report only our own: printed below |
+# | Adapters, prefix tuning and LoRA are one family; recombining their design choices (the parallel placement with a scale among them) gives variants that tune fewer parameters and come close to full fine-tuning on four tasks | He et al., ICLR 2022 {cite}`he2022unified`, abstract; $s_A = 4$ is AdapterHub's `ParBnConfig` default | parallel $r = 16$, $s_A = 4$ vs Houlsby: printed below |
 
 # %%
 houlsby, pfeiffer, parallel = main_runs

@@ -579,10 +579,10 @@ assert merged_ratio < 1.3, merged_latency  # equal work; the margin is only for 
 # |---|---|---|
 # | GLoRA "outperforms all previous methods in natural, specialized, and structured benchmarks, achieving superior accuracy with fewer parameters and computations" | Chavan et al. 2023 {cite}`chavan2023glora`, abstract | on the intent task, searched GLoRA vs LoRA at the **same** 36,864-parameter budget: the table in §5.8 |
 # | "our structural re-parameterization design ensures that GLoRA incurs no extra inference cost" | abstract | after `unload()`: a plain `BertModel`, logits equal to $10^{-5}$, merged/base latency ratio printed in §5.9 |
-# | 432 paths per layer; 48 wrapped layers on ViT-B/16 | released code (reference notes §4.2) | 12 wrapped layers (query, value): $432^{12}$ configurations |
-# | supernet trained for 500 epochs; search with population 50 for 20 generations | released code's defaults (reference notes §4.3) | `ci`: 80 steps, population 8 for 3 generations; `full`: 400 steps and the code's search defaults |
+# | 432 paths per layer; 48 wrapped layers on ViT-B/16 | the authors' released code | 12 wrapped layers (query, value): $432^{12}$ configurations |
+# | supernet trained for 500 epochs; search with population 50 for 20 generations | the released code's defaults | `ci`: 80 steps, population 8 for 3 generations; `full`: 400 steps and the code's search defaults |
 #
-# We do not quote the paper's VTAB-1k accuracies: our reference notes could not verify its parameter table.
+# We do not quote the paper's VTAB-1k accuracies: we could not verify its parameter table offline.
 #
 # **Why ours may differ.** The paper trains a ViT supernet for hundreds of epochs and searches it with thousands
 # of evaluations; at `ci` scale we train 80 steps and score a few dozen candidates out of $\approx 10^{31}$, which

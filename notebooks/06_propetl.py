@@ -380,7 +380,7 @@ for name, report in reports.items():
 # scores start as $U(\pm 1/\sqrt{\text{fan-in}})$, about $\pm 0.05$ for $W_{down}$ here. The mask learning rate
 # therefore sets how many mask entries flip per step, independently of how fast the prototype learns. The official
 # scripts use a base lr of $10^{-4}$ with mask lr $3 \cdot 10^{-3}$ (ProAdapter) or $3 \cdot 10^{-2}$ (ProLoRA)
-# (our reference notes). `optimizer_groups` builds the two groups:
+# (the official scripts' defaults). `optimizer_groups` builds the two groups:
 
 # %%
 show_source(propetl.optimizer_groups)
@@ -657,7 +657,7 @@ print(f"prototype: {float_bytes:,} B in fp32; masks: {bool_bytes:,} B as torch.b
 # | claim | source | we measured (this run) |
 # |---|---|---|
 # | ProPETL "can outperform other PETL methods with approximately 10% of the parameter storage required by the latter" | Zeng et al., ACL 2023 {cite}`zeng2023propetl`, abstract | storage: 19.7% for an adapter prototype on 6-layer MiniLM, 11.4% at RoBERTa-base's shape (both exact, §6.5); accuracy: the table in §6.7 and the comparison printed below |
-# | Storage = prototype in fp32 + 1 bit per mask entry; RoBERTa-base, Pfeiffer rf 12: $\approx 11.4\%$ of ordinary adapters | our reference notes (§5, arithmetic on the official code's defaults) | reproduced exactly by `storage_report` on a RoBERTa-base-shaped model: 544,000 vs 4,758,528 bytes |
+# | Storage = prototype in fp32 + 1 bit per mask entry; RoBERTa-base, Pfeiffer rf 12: $\approx 11.4\%$ of ordinary adapters | arithmetic on the official code's defaults | reproduced exactly by `storage_report` on a RoBERTa-base-shaped model: 544,000 vs 4,758,528 bytes |
 # | The binary masks "can determine crucial information from the network" | Zeng et al., abstract | at our scale learned and frozen random masks are within a few points (printed in §6.7) |
 
 # %%
@@ -680,7 +680,7 @@ for name, ours, other_name, other in comparisons:
 # and MiniLM's six layers double the first term (a LoRA prototype shared by shape across 12 matrices gets back to
 # 11.5%). Its accuracy claims come from "various downstream tasks" (abstract); the official scripts train
 # RoBERTa-base on GLUE (base lr $10^{-4}$, batch 128, three seeds) and T5-base on eight GLUE tasks for 20k steps
-# (our reference notes). We train for 60 steps on 192 sentences with one seed, on test sets where one sentence is
+# (the paper's setup). We train for 60 steps on 192 sentences with one seed, on test sets where one sentence is
 # 0.28 points, so differences of 2–3 points are within noise. Against the *same modules unshared*, ProPETL behaves
 # as the paper says: a fifth of the bytes for a few points in distribution, and the ProLoRA even beat LoRA $r = 8$
 # on the shifted test (LoRA $r = 8$ is at its less favourable learning rate here, see §6.6). Against *equally small

@@ -373,7 +373,7 @@ for method in METHODS:
 #
 # ## 8.7 The paper reported / we measured
 #
-# | | paper {cite}`cho2023oodpetl` (abstract; our reference notes) | we measured (this run) |
+# | | paper {cite}`cho2023oodpetl` (abstract) | we measured (this run) |
 # |---|---|---|
 # | setting | fine-tuning, Adapter, LoRA and prefix tuning on three intent classification tasks, language models of various scales | the same four methods on one synthetic 12-intent task; MiniLM with 3 and 6 layers |
 # | question | how OOD detection changes as the model grows or the transfer method changes | ID accuracy and AUROC / FPR95 of MSP, energy, Mahalanobis and kNN, near and far OOD (tables above) |

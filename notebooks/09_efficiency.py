@@ -374,7 +374,7 @@ print(f"first P in the sweep where prompt tuning needs more activation memory th
 #   layer. Call `handle.merge()` (or `unload()` after merging) before serving.
 # * **Long soft prompts on short inputs.** With $P \gg T$ prompt tuning costs more activation memory and compute
 #   than full fine-tuning (§9.6) — and every inference call pays for the $P$ positions too.
-# * **Comparing absolute milliseconds across runs.** Compare ratios within one run; pin threads (`--threads 1`)
+# * **Comparing absolute milliseconds from different runs.** Compare ratios within one run; pin threads (`--threads 1`)
 #   on a shared CPU; look at the full row's inference ratio to see how noisy the run was.
 #
 # ## 9.9 Exercises
