@@ -146,38 +146,54 @@ def _as_image_batch(batch: torch.Tensor) -> torch.Tensor:
     return batch.float()
 
 
-def image_features(images, *, encoder=None, grid: int = 7, batch_size: int = 32, refresh: bool = False,
-                   progress: bool = False) -> torch.Tensor:
+def image_features(images, *, encoder=None, grid: int = 7, size: int = 224, batch_size: int = 32,
+                   refresh: bool = False, progress: bool = False) -> torch.Tensor:
     """EfficientNet-Lite0 patch tokens of images, cached: (..., grid·grid, 1280).
 
     ``images``: uint8 (..., H, W, 3) — e.g. :attr:`SceneSet.images` (N, S, S, 3) or :attr:`ClipSet.frames`
     (N, T, S, S, 3), whose leading dims are kept — or a float tensor (N, 3, H, W) in [0, 1]. Images are resized
-    to 224 px; the 7×7 grid is average-pooled to ``grid``×``grid`` (``grid=1``: the pooled image vector).
+    to ``size`` px (224: the model's training size; its grid is ``size / 32`` cells per side, 7×7 at 224, 4×4 at
+    128), and the grid is average-pooled to ``grid``×``grid`` (``grid=1``: the pooled image vector).
     ``encoder``: an :class:`~minipeft.models.EfficientNetEncoder` (default: the frozen ImageNet weights).
+
+    Identical uint8 images are encoded once: a clip's frames repeat between its events (the book's clips show
+    3–4 distinct pictures in 8 frames), and a frozen encoder gives the same features for the same pixels.
     """
     from ..models.efficientnet import load_efficientnet_lite0, preprocess_images
 
-    if not 1 <= grid <= 7:
-        raise ValueError(f"grid={grid}; EfficientNet-Lite0 gives a 7×7 grid, pool it to 1..7 per side.")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 32:
+        raise ValueError(f"size={size!r}; give the resize target in pixels, at least 32 (one grid cell).")
+    native = -(-size // 32)  # EfficientNet downsamples by 32 with 'same' padding: ceil(size / 32) cells per side
+    if not 1 <= grid <= native:
+        raise ValueError(f"grid={grid}; EfficientNet-Lite0 at {size} px gives a {native}×{native} grid, pool it "
+                         f"to 1..{native} per side.")
     if encoder is None:
         encoder, _ = load_efficientnet_lite0()
     uint8 = isinstance(images, np.ndarray) and images.dtype == np.uint8 or \
         isinstance(images, torch.Tensor) and images.dtype == torch.uint8
     leading = tuple(images.shape[:-3])  # (N,) or (N, T)
     flat = images.reshape(-1, *images.shape[-3:]) if uint8 else images  # (N·T, H, W, 3)
+    inverse = None
+    if uint8:
+        pixels = np.asarray(flat).reshape(len(flat), -1)  # (N·T, H·W·3): one row of bytes per image
+        _, first, inverse = np.unique(pixels, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first)  # keep the distinct images in the order they first appear
+        flat, inverse = flat[np.sort(first)], np.argsort(order)[inverse.reshape(-1)]  # (U, H, W, 3); (N·T,) → row
 
     def encode(batch: torch.Tensor) -> torch.Tensor:
-        tokens = encoder(preprocess_images(_as_image_batch(batch))).tokens  # (B, 49, 1280)
-        if grid == 7:
+        tokens = encoder(preprocess_images(_as_image_batch(batch), size=size)).tokens  # (B, native², 1280)
+        if grid == native:
             return tokens
-        side = int(round(tokens.shape[1] ** 0.5))
-        maps = tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)  # (B, 1280, 7, 7)
+        maps = tokens.transpose(1, 2).reshape(len(tokens), -1, native, native)  # (B, 1280, native, native)
         pooled = nn.functional.adaptive_avg_pool2d(maps, grid)  # (B, 1280, grid, grid)
         return pooled.flatten(2).transpose(1, 2)  # (B, grid·grid, 1280)
 
-    key = f"efficientnet-lite0|{module_fingerprint(encoder)}|224px|[-1,1]|grid={grid}"
+    size_key = "224px" if size == 224 else f"{size}px"  # 224 keeps the key (and cached files) of earlier runs
+    key = f"efficientnet-lite0|{module_fingerprint(encoder)}|{size_key}|[-1,1]|grid={grid}"
     features = cached_features(f"efficientnet-lite0-grid{grid}", encode, flat, encoder_key=key,
-                               batch_size=batch_size, refresh=refresh, progress=progress)  # (N·T, g², 1280)
+                               batch_size=batch_size, refresh=refresh, progress=progress)  # (U, g², 1280)
+    if inverse is not None:
+        features = features[torch.from_numpy(inverse)]  # (N·T, g², 1280): each image gets its distinct row back
     return features.reshape(*leading, *features.shape[1:]) if uint8 else features  # (N, T, g², 1280)
 
 

@@ -78,6 +78,8 @@ class VideoQFormerConfig(MethodConfig):
         max_frames: rows of the frame (segment) position embedding (video 32, audio 8).
         llm_width: the language model's hidden size :math:`d`.
         hidden_size, num_layers, num_heads, intermediate_size, dropout: the Q-Former (768, 2, 12, 3072, 0.1).
+        frame_positions: add :math:`P_t` (the paper always does; ``False`` is the ablation of chapter 13, a branch
+            that sees the frames as an unordered bag).
     """
 
     feature_width: int = 768
@@ -89,6 +91,7 @@ class VideoQFormerConfig(MethodConfig):
     num_heads: int = 12
     intermediate_size: int = 3072
     dropout: float = 0.1
+    frame_positions: bool = True
 
     method = "video_llama"
 
@@ -98,6 +101,9 @@ class VideoQFormerConfig(MethodConfig):
             if field.name == "dropout":
                 if not 0.0 <= value < 1.0:
                     raise ValueError(f"dropout must lie in [0, 1), got {value}.")
+            elif field.name == "frame_positions":
+                if not isinstance(value, bool):
+                    raise ValueError(f"VideoQFormerConfig.frame_positions must be True or False, got {value!r}.")
             elif not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"VideoQFormerConfig.{field.name} must be an int, got {type(value).__name__} "
                                 f"{value!r}.")
@@ -120,7 +126,8 @@ class VideoQFormerConfig(MethodConfig):
 
 def parameter_count(config: VideoQFormerConfig) -> int:
     """Closed form: frame positions :math:`F C` + the Q-Former + the projection :math:`h d + d`."""
-    return (config.max_frames * config.feature_width + qformer_parameter_count(config.qformer_config())
+    positions = config.max_frames * config.feature_width if config.frame_positions else 0
+    return (positions + qformer_parameter_count(config.qformer_config())
             + config.hidden_size * config.llm_width + config.llm_width)
 
 
@@ -140,7 +147,8 @@ class VideoQFormer(nn.Module):
         if not isinstance(config, VideoQFormerConfig):
             raise TypeError(f"VideoQFormer needs a VideoQFormerConfig, got {type(config).__name__}.")
         self.config = config
-        self.frame_position = nn.Embedding(config.max_frames, config.feature_width)  # P_t
+        # P_t; without it (the ablation) the branch has no parameter that could tell frame 1 from frame T
+        self.frame_position = nn.Embedding(config.max_frames, config.feature_width) if config.frame_positions else None
         self.qformer = QFormer(config.qformer_config())
         self.projection = nn.Linear(config.hidden_size, config.llm_width)  # W_proj (llama_proj)
 
@@ -158,8 +166,9 @@ class VideoQFormer(nn.Module):
         if T > self.config.max_frames:
             raise ValueError(f"{T} frames but only max_frames={self.config.max_frames} position embeddings; sample "
                              "fewer frames or raise max_frames.")
-        positions = self.frame_position(torch.arange(T, device=features.device))  # (T, C)
-        features = features.to(positions.dtype) + positions[None, :, None, :]  # V_t + P_t, same P_t for its n tokens
+        if self.frame_position is not None:
+            positions = self.frame_position(torch.arange(T, device=features.device))  # (T, C)
+            features = features.to(positions.dtype) + positions[None, :, None, :]  # V_t + P_t, one P_t per frame
         return features.reshape(B, T * n, C)  # (B, T·n, C), frame-major
 
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -166,6 +166,47 @@ def test_image_features_keep_leading_dims_and_pool_the_grid():
         features.image_features(scenes.images, encoder=encoder, grid=8)
 
 
+class ImageCountingEncoder(TinyGridEncoder):
+    """The tiny encoder, counting the images it is shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, images):
+        self.seen += len(images)
+        return super().forward(images)
+
+
+def test_repeated_frames_are_encoded_once_and_every_frame_gets_its_own_features():
+    from minipeft.datasets.world import make_clips
+
+    clips = make_clips(3, seed=4, speech=False)
+    flat = clips.frames.reshape(-1, *clips.frames.shape[2:])  # (24, S, S, 3)
+    distinct = len(np.unique(flat.reshape(len(flat), -1), axis=0))
+    assert distinct < len(flat)  # frames repeat between events, so there is something to save
+    encoder = ImageCountingEncoder().eval()
+    frames = features.image_features(clips.frames, encoder=encoder, grid=1, refresh=True)  # (3, 8, 1, 5)
+    assert encoder.seen == distinct
+    for clip in range(3):
+        for t in (0, 5, 7):
+            alone = features.image_features(clips.frames[clip, t:t + 1], encoder=encoder, grid=1)
+            assert torch.allclose(frames[clip, t], alone[0], atol=1e-6), (clip, t)
+
+
+def test_a_smaller_resize_gives_a_smaller_grid_and_a_grid_too_large_is_refused():
+    from minipeft.datasets.world import make_scenes
+
+    scenes = make_scenes(2, seed=0)
+    encoder = TinyGridEncoder().eval()
+    grid = features.image_features(scenes.images, encoder=encoder, size=128, grid=4)  # 128 / 32 = 4 per side
+    assert grid.shape == (2, 16, 5)
+    with pytest.raises(ValueError, match="4×4 grid"):
+        features.image_features(scenes.images, encoder=encoder, size=128, grid=5)
+    with pytest.raises(ValueError, match="size"):
+        features.image_features(scenes.images, encoder=encoder, size=8)
+
+
 @pytest.mark.slow
 def test_real_efficientnet_features_match_the_encoder():
     from minipeft.datasets.world import make_scenes

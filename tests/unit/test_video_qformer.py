@@ -41,7 +41,7 @@ def test_config_defaults_are_the_papers_and_bad_values_are_refused():
 
 
 @pytest.mark.parametrize("config", [small(), small(num_layers=3, num_queries=5), VideoQFormerConfig.audio(
-    feature_width=20, llm_width=24, hidden_size=16, num_heads=2, intermediate_size=32)])
+    feature_width=20, llm_width=24, hidden_size=16, num_heads=2, intermediate_size=32), small(frame_positions=False)])
 def test_parameter_count_is_the_closed_form(config):
     module = VideoQFormer(config)
     assert parameter_count(config) == sum(p.numel() for p in module.parameters())
@@ -69,6 +69,12 @@ def test_frame_order_enters_only_through_the_position_embeddings():
         assert (module(features) - module(shuffled)).abs().max() > 1e-4  # order matters with positions
         module.frame_position.weight.zero_()
         torch.testing.assert_close(module(features), module(shuffled))  # cross-attention alone sees a set
+    bag = branch(frame_positions=False)  # the ablation: the same branch built without P_t
+    assert bag.frame_position is None
+    with torch.no_grad():
+        torch.testing.assert_close(bag(features), bag(shuffled))
+    with pytest.raises(ValueError, match="frame_positions"):
+        small(frame_positions=1)
 
 
 def test_padded_frames_are_not_read():
