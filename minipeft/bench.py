@@ -19,6 +19,14 @@ measures, on the same batch of token ids (the batch is its own language-modellin
   peft's, with the same configuration, on the same model and batch, the two timed in turns. peft is a test-only
   dependency: without it the column is empty and a note says why.
 
+**Connectors** (Part III; ``--connectors``, on by default) get a table of their own, since they feed the frozen
+model features instead of changing it: LLaVA's linear and MLP projectors (49 grid tokens in), BLIP-2's Q-Former
+(32 queries), and Video-LLaMA's video branch (8 frames) and video + audio branches, each on the same language model
+and text batch, with random frozen-encoder features of the encoders' real shapes (EfficientNet-Lite0: 1280 wide;
+Whisper tiny.en segments: 384 wide). Each row gives the trainable parameters, the **visual tokens the language
+model reads** per example, the train-step time (the language model frozen, the gradient still flowing through all
+its layers down to the connector) and the saved activations. The text batch is ``--batch-size`` × 32 tokens.
+
 The methods are a registry (``METHODS``): name → the ``minipeft.peft`` module and how to apply it to a fresh model.
 An entry whose module does not import, or whose ``apply`` refuses the model with a ``ValueError`` (MEFT, for
 instance, needs a BERT encoder), is skipped, and the reason printed and recorded. Each entry uses the
@@ -74,6 +82,7 @@ class BenchConfig:
     rank: int = 8  # LoRA / GLoRA rank
     virtual_tokens: int = 16  # P for prompt and prefix tuning, K for LLaMA-Adapter
     methods: str = "all"  # comma-separated names from METHODS, or "all"
+    connectors: str = "all"  # comma-separated names from CONNECTORS, "all", or "none"
     device: str = ""  # "" = the best available (cuda, mps, cpu)
     threads: int = 0  # torch CPU threads; 0 = torch's default (on a busy machine, 1 gives steadier timings)
     seed: int = 0
@@ -114,6 +123,44 @@ PEFT_EQUIVALENTS = {
                                           feedforward_modules=["down_proj"]),
     "prompt": lambda peft, c: peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=c.virtual_tokens),
     "prefix": lambda peft, c: peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=c.virtual_tokens),
+}
+
+
+# The connectors of Part III: name -> (what the frozen encoder hands over, how to apply the connector). ``llm`` is a
+# fresh frozen copy of the benchmark model and ``d`` its width; every entry returns the connector's handle.
+GRID_TOKENS, IMAGE_WIDTH, FRAMES, AUDIO_WIDTH, TEXT_TOKENS = 49, 1280, 8, 384, 32
+
+
+def _projector(kind):
+    def make(llm, d):
+        from .multimodal import projector
+
+        return projector.apply(llm, projector.ProjectorConfig(kind, IMAGE_WIDTH, d))
+    return make
+
+
+def _qformer(llm, d):
+    from .multimodal import qformer
+
+    return qformer.apply(llm, qformer.QFormerConfig(encoder_width=IMAGE_WIDTH, with_text=False))  # BLIP-2's size
+
+
+def _video_llama(audio: bool):
+    def make(llm, d):
+        from .multimodal import video_qformer as vq
+
+        video = vq.VideoQFormerConfig(feature_width=IMAGE_WIDTH, llm_width=d)  # Video-LLaMA's sizes, our LM
+        return vq.apply(llm, video, vq.VideoQFormerConfig.audio(feature_width=AUDIO_WIDTH, llm_width=d)
+                        if audio else None)
+    return make
+
+
+CONNECTORS = {  # name -> (inputs: "image" grid (B, 49, C) or "video" (B, T, C) [+ "audio" (B, T, C_a)], apply)
+    "projector linear": ("image", _projector("linear")),
+    "projector mlp2x_gelu": ("image", _projector("mlp2x_gelu")),
+    "qformer": ("image", _qformer),
+    "video_llama video": ("video", _video_llama(audio=False)),
+    "video_llama video+audio": ("video+audio", _video_llama(audio=True)),
 }
 
 
@@ -262,6 +309,91 @@ def measure_method(name: str, model: nn.Module, handle, setup: Setup) -> dict:
     return row
 
 
+def connector_batch(kind: str, handle, llm, config: BenchConfig, device: torch.device) -> dict:
+    """Random frozen-encoder features of the real shapes, and a text batch with the connector's placeholders."""
+    from .multimodal.video_qformer import AUDIO_TOKEN_ID, VIDEO_TOKEN_ID, VideoLlama
+
+    generator = torch.Generator().manual_seed(config.seed)
+    B = config.batch_size
+    text = torch.randint(3, llm.config.vocab_size, (B, TEXT_TOKENS), generator=generator)  # (B, 32)
+    if isinstance(handle.model, VideoLlama):
+        inputs = {"video": torch.randn(B, FRAMES, IMAGE_WIDTH, generator=generator)}  # (B, T, C) pooled frames
+        pieces = [torch.full((B, handle.model.video_branch.config.num_queries), VIDEO_TOKEN_ID)]
+        if "audio" in kind:
+            inputs["audio"] = torch.randn(B, FRAMES, AUDIO_WIDTH, generator=generator)  # (B, M, C_a) segments
+            pieces.append(torch.full((B, handle.model.audio_branch.config.num_queries), AUDIO_TOKEN_ID))
+    else:
+        features = torch.randn(B, GRID_TOKENS, IMAGE_WIDTH, generator=generator)  # (B, 49, 1280)
+        inputs = {"image_features": features}
+        with torch.no_grad():
+            visual = handle.model.connector(features[:1].to(device)).shape[1]  # tokens this connector makes
+        pieces = [torch.full((B, visual), handle.model.image_token_id)]
+    input_ids = torch.cat(pieces + [text], dim=1)  # (B, K + 32): placeholders, then the text
+    labels = torch.cat([torch.full((B, input_ids.shape[1] - TEXT_TOKENS), -100), text], dim=1)  # loss on text only
+    batch = {"input_ids": input_ids, "labels": labels, **inputs}
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def measure_connector(name: str, config: BenchConfig, make_model, device: torch.device) -> dict:
+    """Trainable parameters, visual tokens, train-step time and saved activations of one connector."""
+    kind, make = CONNECTORS[name]
+    torch.manual_seed(config.seed)
+    llm = make_model()
+    handle = make(llm, llm.get_input_embeddings().embedding_dim)
+    model = handle.model.to(device)
+    batch = connector_batch(kind, handle, llm, config, device)
+    placeholders = int((batch["input_ids"] < 0).sum(1)[0])
+
+    def loss():
+        if "image_features" in batch:
+            return model(batch["image_features"], batch["input_ids"], labels=batch["labels"]).loss
+        return model(batch["input_ids"], video=batch["video"], audio=batch.get("audio"), labels=batch["labels"]).loss
+
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
+        optimizer.step()
+
+    row = {"inputs": kind, "trainable_parameters": handle.num_parameters(), "visual_tokens": placeholders,
+           "activation_bytes": count_saved_tensors(loss, exclude=model).bytes}
+    row.update(median_ms({"step_ms": step}, config, device))
+    return row
+
+
+def run_connectors(config: BenchConfig, make_model, device: torch.device) -> tuple[dict, dict]:
+    """Every chosen connector's row, and the ones skipped with the reason (``--connectors none``: neither)."""
+    if config.connectors == "none":
+        return {}, {}
+    chosen = list(CONNECTORS) if config.connectors == "all" else [c.strip() for c in config.connectors.split(",")]
+    unknown = [c for c in chosen if c not in CONNECTORS]
+    if unknown:
+        raise ValueError(f"unknown connector(s) {unknown}; choose from {', '.join(CONNECTORS)}, 'all' or 'none'.")
+    rows, skipped = {}, {}
+    for name in chosen:
+        try:
+            rows[name] = measure_connector(name, config, make_model, device)
+        except ImportError as error:
+            skipped[name] = f"does not import: {error}"
+            print(f"skipping connector {name}: {skipped[name]}")
+    return rows, skipped
+
+
+def connector_table(results: dict) -> str:
+    """The connector rows as a fixed-width text table."""
+    header = ["connector", "inputs", "trainable", "visual tokens", "step ms", "activ. MiB"]
+    lines = [header] + [[name, row["inputs"], f"{row['trainable_parameters']:,}", f"{row['visual_tokens']}",
+                         f"{row['step_ms']:.1f}", f"{row['activation_bytes'] / 2**20:.2f}"]
+                        for name, row in results.get("connectors", {}).items()]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
 def run(config: BenchConfig) -> dict:
     """Measure every available method and return the results (what ``main`` prints and writes)."""
     device = torch.device(config.device) if config.device else default_device()
@@ -315,12 +447,15 @@ def run(config: BenchConfig) -> dict:
 
     for row in rows.values():  # activation bytes are exact, so they need no turns: divide by the full row's
         row["activations_vs_full"] = row["activation_bytes"] / rows["full"]["activation_bytes"]
+    connectors, skipped_connectors = run_connectors(config, make_model, device)
+    skipped.update({f"connector {name}": reason for name, reason in skipped_connectors.items()})
     return {
         "config": asdict(config),
         "device": str(device),
         "hardware": hardware_summary(),
         "torch": torch.__version__,
         "methods": rows,
+        "connectors": connectors,
         "skipped": skipped,
         "notes": [peft_note, f"mixed precision: amp_dtype({device.type}) = {amp_dtype(device)} on this hardware "
                   "(TrainConfig(amp='auto') uses it; the bf16 column is measured either way)"],
@@ -361,6 +496,10 @@ def main(argv=None) -> dict:
     print(f"{config.model} LlamaForCausalLM, batch {config.batch_size} x {config.seq_len} tokens, "
           f"{results['device']} ({results['hardware']}); median of {config.steps} steps")
     print(table(results))
+    if results.get("connectors"):
+        print(f"\nconnectors (frozen {config.model} LlamaForCausalLM; {config.batch_size} examples of "
+              f"{TEXT_TOKENS} text tokens + the visual tokens)")
+        print(connector_table(results))
     for note in results["notes"]:
         print("note:", note)
     atomic_write(config.out, lambda path: Path(path).write_text(json.dumps(results, indent=2) + "\n"))

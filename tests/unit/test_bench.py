@@ -42,6 +42,39 @@ def test_json_structure(results):
         assert 0 < row["trainable_parameters"] <= row["total_parameters"], name
     assert set(written["methods"]).isdisjoint(written["skipped"])
     assert set(written["methods"]) | set(written["skipped"]) == set(bench.METHODS)
+    assert set(written["connectors"]) == set(bench.CONNECTORS)
+
+
+def test_connector_rows_count_what_the_llm_reads_and_what_trains(results):
+    from minipeft.multimodal import qformer as qf
+    from minipeft.multimodal import video_qformer as vq
+
+    rows, d = results[1]["connectors"], TINY["hidden_size"]
+    image, audio = bench.IMAGE_WIDTH, bench.AUDIO_WIDTH
+    assert rows["projector linear"]["visual_tokens"] == bench.GRID_TOKENS  # one token per grid cell
+    assert rows["projector linear"]["trainable_parameters"] == image * d + d  # W and b
+    assert rows["projector mlp2x_gelu"]["trainable_parameters"] == image * d + d + d * d + d
+    blip2 = qf.QFormerConfig(encoder_width=image, with_text=False)
+    assert rows["qformer"]["visual_tokens"] == blip2.num_queries  # 32, whatever the grid
+    assert rows["qformer"]["trainable_parameters"] == qf.parameter_count(blip2) + blip2.hidden_size * d + d
+    video, sound = vq.VideoQFormerConfig(feature_width=image, llm_width=d), \
+        vq.VideoQFormerConfig.audio(feature_width=audio, llm_width=d)
+    assert rows["video_llama video"]["visual_tokens"] == video.num_queries
+    assert rows["video_llama video"]["trainable_parameters"] == vq.parameter_count(video)
+    assert rows["video_llama video+audio"]["visual_tokens"] == video.num_queries + sound.num_queries
+    assert rows["video_llama video+audio"]["trainable_parameters"] == vq.parameter_count(video) + \
+        vq.parameter_count(sound)
+    for name, row in rows.items():
+        assert row["step_ms"] > 0 and row["activation_bytes"] > 0, name
+    assert "qformer" in bench.connector_table(results[1])
+
+
+def test_unknown_connectors_are_errors_and_none_skips_them(tmp_path):
+    with pytest.raises(ValueError, match="unknown connector"):
+        bench.run(bench.parse_args(flags(methods="lora", connectors="qformerr", out=tmp_path / "r.json")))
+    results = bench.run(bench.parse_args(flags(methods="lora", connectors="none", steps=1, warmup=0,
+                                               out=tmp_path / "r.json")))
+    assert results["connectors"] == {}
 
 
 def test_full_fine_tuning_trains_everything_and_merges_nothing(results):
