@@ -249,16 +249,21 @@ def generate_answers(model: VisionLanguageModel, tokenizer, image_features: torc
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
+# The VQA evaluation's number map (Antol et al. 2015, the official script's ``manualMap``): "three" and "3" are the
+# same answer, whichever the model chooses to write.
+_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 
 
 def normalize_answer(text: str, first_word: bool = False) -> str:
-    """Lower-case, drop punctuation and the articles a/an/the, collapse spaces (the SQuAD / VQA normalisation).
+    """Lower-case, drop punctuation and the articles a/an/the, write number words as digits, collapse spaces (the
+    SQuAD / VQA normalisation).
 
     ``first_word=True`` keeps only the first remaining word — for one-word answers from a model that goes on
     talking ("Red. The circle is red." → "red").
     """
     text = _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION))
-    words = text.split()
+    words = [_NUMBER_WORDS.get(word, word) for word in text.split()]
     if first_word:
         return words[0] if words else ""
     return " ".join(words)

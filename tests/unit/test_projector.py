@@ -217,6 +217,8 @@ def test_batched_left_padded_answers_equal_one_at_a_time():
 def test_normalised_exact_match():
     assert normalize_answer("  The Red, circle! ") == "red circle"
     assert normalize_answer("Red. The circle is red.", first_word=True) == "red"
+    assert normalize_answer("Three.", first_word=True) == normalize_answer("3") == "3"  # the VQA number map
+    assert exact_match(["2 objects", "two"], ["two", "three"], first_word=True) == [True, False]
     assert exact_match(["Red.", "a circle", "blue"], ["red", "circle", "green"]) == [True, True, False]
     assert exact_match(["Red."], ["red"], normalize=False) == [False]
     assert exact_match(["Yes, it is."], ["yes"], first_word=True) == [True]
