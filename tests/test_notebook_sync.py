@@ -46,3 +46,16 @@ def test_notebook_is_executed_and_recorded(source):
         f"{source.stem}.ipynb has unexecuted cells: run `make notebooks NB={source.stem}`"
     assert (NOTEBOOKS / "results" / f"{source.stem}.json").exists(), \
         f"{source.stem} did not record its results (minipeft.core.record) — its last code cell should."
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[s.stem for s in SOURCES])
+def test_committed_record_and_notebook_come_from_the_same_execution(source):
+    """``record`` prints the run id it stores; the committed notebook must show the committed record's id."""
+    record = json.loads((NOTEBOOKS / "results" / f"{source.stem}.json").read_text())
+    assert "run_id" in record, f"{source.stem}'s record has no run_id: re-run `make notebooks NB={source.stem}`"
+    notebook = json.loads(source.with_suffix(".ipynb").read_text())
+    printed = "".join("".join(o.get("text", "")) for c in notebook["cells"] if c["cell_type"] == "code"
+                      for o in c.get("outputs", []))
+    assert f"results recorded: run {record['run_id']}" in printed, (
+        f"notebooks/results/{source.stem}.json (run {record['run_id']}) was not written by the execution stored in "
+        f"{source.stem}.ipynb: re-run `make notebooks NB={source.stem}` and commit both files together.")

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,10 @@ def record(
     ``metrics`` maps a name to ``Metric(value, unit)`` or ``(value, unit)``; ``paper_claims`` is a list of
     ``{"claim": ..., "source": ...}``; ``wall_time_s`` is the chapter's measured running time; ``headline`` names
     the (up to three) metrics the README's chapter table shows (default: the first three).
+
+    Each call draws a fresh ``run_id`` (12 hex digits), stores it in the record and prints it
+    (``results recorded: run <id>``), so the notebook's output names the record it wrote: a test checks that the
+    committed notebook and the committed record come from the same execution.
     """
     unknown = sorted(set(headline or []) - set(metrics))
     if unknown:
@@ -80,11 +85,13 @@ def record(
         "python": platform.python_version(),
         "torch": torch.__version__,
         "wall_time_s": round(float(wall_time_s), 1),
+        "run_id": secrets.token_hex(6),
     }
     # The test suite re-executes every notebook; it points MINIPEFT_RESULTS_DIR at a scratch folder so a test
     # run never rewrites the committed records.
     path = Path(directory or os.environ.get("MINIPEFT_RESULTS_DIR") or results_dir()) / f"{chapter}.json"
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n"))
+    print(f"results recorded: run {payload['run_id']}")
     return path
 
 

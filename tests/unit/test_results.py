@@ -22,6 +22,14 @@ def test_record_writes_every_metric_with_its_unit_and_the_run_facts(tmp_path):
     assert saved["headline"] == ["loss before", "loss after", "trainable"]  # default: the first three
 
 
+def test_every_record_has_its_own_run_id_and_prints_it(tmp_path, capsys):
+    first = json.loads(write(tmp_path).read_text())["run_id"]
+    second = json.loads(write(tmp_path).read_text())["run_id"]
+    assert len(first) == 12 and int(first, 16) >= 0 and first != second
+    assert capsys.readouterr().out.splitlines() == [f"results recorded: run {first}",
+                                                     f"results recorded: run {second}"]
+
+
 def test_the_table_shows_the_chosen_headline_in_its_order(tmp_path):
     write(tmp_path, headline=["accuracy", "loss after"])
     row = chapter_table(load_all(tmp_path)).splitlines()[-1]
