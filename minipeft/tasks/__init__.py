@@ -16,6 +16,8 @@ and chapter stay traceable both ways).
 * :mod:`minipeft.tasks.vlm` — the Part III vision-language tasks (chapters 11, 12): examples from the generated
   scenes, the collate that masks everything but the answer, the answer-only loss, generated answers scored by kind,
   the text-only prior and the shuffled-image control.
+* :mod:`minipeft.tasks.video` — chapter 13's clip questions: prompts with video and sound placeholders, the batch,
+  the answer-only loss and generated answers of Video-LLaMA.
 """
 
 # The submodules are imported where they are used (``from minipeft.tasks.intents import ...``), not here: the intent
