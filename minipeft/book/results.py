@@ -2,8 +2,9 @@
 
 The last code cell of every chapter calls :func:`record`. It writes ``notebooks/results/NN_slug.json`` with the
 headline metrics (each with its unit), the trainable parameters, the paper's claim and its source, the scale,
-seed, hardware and wall time. The README's chapter table and the book's reproduction table are generated from
-these files (``python -m minipeft.book.results --write-readme``), never typed by hand.
+seed, hardware and wall time. The README's chapter table and the book's reproduction page
+(``book/reproductions.md``) are generated from these files (``python -m minipeft.book.results --write-readme``),
+never typed by hand; ``--check`` fails when either is out of date.
 """
 
 from __future__ import annotations
@@ -126,6 +127,35 @@ def chapter_table(records: list[dict] | None = None) -> str:
     return "\n".join(lines)
 
 
+REPRODUCTIONS_HEADER = """# Paper claims and what the book measured
+
+*Generated from `notebooks/results/*.json` by `python -m minipeft.book.results --write-readme`; do not edit.*
+
+For every chapter: the papers' claims it tests (with their sources), whether the chapter's run at the recorded
+scale reproduces each one (where the chapter states it), and the chapter's headline measurements. Each chapter's
+"paper vs. measured" box explains the differences. The hardware is the machine that executed the committed
+notebook.
+"""
+
+
+def reproductions_page(records: list[dict] | None = None) -> str:
+    """``book/reproductions.md``: each chapter's paper claims (with status, where recorded) and headline numbers."""
+    records = load_all() if records is None else records
+    parts = [REPRODUCTIONS_HEADER]
+    for r in records:
+        parts.append(f"## {r['chapter']} — {r['title']}\n")
+        parts.append(f"{{doc}}`../notebooks/{r['chapter']}` · scale `{r['scale']}`, seed {r['seed']}, "
+                     f"{r['wall_time_s']:.0f} s on {r['hardware']} (torch {r['torch']})\n")
+        if r.get("paper_claims"):
+            parts.append("| claim | source | status at this scale |\n|---|---|---|")
+            for claim in r["paper_claims"]:
+                cells = [claim.get("claim", ""), claim.get("source", ""), claim.get("status", "see the chapter")]
+                parts.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            parts.append("")
+        parts.append(f"Measured: {_headline(r)}.\n")
+    return "\n".join(parts).rstrip() + "\n"
+
+
 def readme_with_table(text: str, table: str) -> str:
     pattern = re.compile(re.escape(TABLE_START) + r".*?" + re.escape(TABLE_END), re.DOTALL)
     if not pattern.search(text):
@@ -141,16 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     readme = book_root() / "README.md"
     text = readme.read_text()
     updated = readme_with_table(text, chapter_table())
+    page = book_root() / "book" / "reproductions.md"
+    page_text = page.read_text() if page.exists() else ""
+    page_updated = reproductions_page()
     if args.write_readme:
         if updated != text:
             readme.write_text(updated)
-        print("README chapter table written.")
+        if page_updated != page_text:
+            page.write_text(page_updated)
+        print("README chapter table and book/reproductions.md written.")
     elif args.check:
-        if updated != text:
-            print("README.md's chapter table is out of date: run `make notebooks` "
+        if updated != text or page_updated != page_text:
+            print("README.md's chapter table or book/reproductions.md is out of date: run `make notebooks` "
                   "(or `python -m minipeft.book.results --write-readme`).", file=sys.stderr)
             return 1
-        print("README chapter table is up to date.")
+        print("README chapter table and book/reproductions.md are up to date.")
     else:
         print(chapter_table())
     return 0

@@ -41,3 +41,16 @@ def test_an_unknown_headline_name_raises_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="not among the recorded metrics"):
         write(tmp_path, headline=["acuracy"])
     assert not list(tmp_path.iterdir())
+
+
+def test_the_reproductions_page_lists_each_claim_with_its_source_and_status(tmp_path):
+    from minipeft.book.results import reproductions_page
+
+    write(tmp_path, paper_claims=[{"claim": "rank 4 is enough | mostly", "source": "Hu et al. 2021, Table 6",
+                                   "status": "reproduced in direction"},
+                                  {"claim": "merging adds no latency", "source": "Hu et al. 2021, section 4.2"}])
+    page = reproductions_page(load_all(tmp_path))
+    assert "## 99_test — A test chapter" in page and "{doc}`../notebooks/99_test`" in page
+    assert "| rank 4 is enough \\| mostly | Hu et al. 2021, Table 6 | reproduced in direction |" in page
+    assert "| merging adds no latency | Hu et al. 2021, section 4.2 | see the chapter |" in page
+    assert "Measured: loss before 3.5 nats" in page
