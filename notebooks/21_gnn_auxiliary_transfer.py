@@ -751,10 +751,12 @@ for h in SIZES.homophily:
     best = max(METHODS[:3], key=lambda m: summary[(m, h)][0])
     margin = ours[0] - summary[(best, h)][0]
     spread = max(ours[1], summary[(best, h)][1])
-    verdict = "better" if margin > spread else "worse" if -margin > spread else "within the spread of"
+    verdict = "better" if margin > spread else "worse" if -margin > spread else "within the seeds' spread"
     parts.append(f"h={h}: AUX-TS {ours[0]:.1f} % vs {best} {summary[(best, h)][0]:.1f} % ({verdict})")
-aux_ts_status = "not reproduced at this scale; " + "; ".join(parts) if not any(
-    "better" in p for p in parts) else "reproduced where stated; " + "; ".join(parts)
+better = sum("(better)" in part for part in parts)
+aux_ts_status = ("reproduced at this scale" if better == len(parts) else
+                 "partly reproduced at this scale (better only where marked)" if better else
+                 "not reproduced at this scale") + ": " + "; ".join(parts)
 record(
     "21_gnn_auxiliary_transfer", "Auxiliary tasks for GNNs: meta-learned weights (AUX-TS)",
     metrics,

@@ -24,6 +24,15 @@ started=$(date +%s)
   --durations=15 "$@"
 status=$?
 echo "test suite wall time: $(( $(date +%s) - started )) s"
+# Each chapter re-executed above recorded its own wall time (one thread, beside the other worker): the budget is
+# 180 s per chapter on one core.
+.venv/bin/python - "$MINIPEFT_RESULTS_DIR" <<'PY'
+import json, pathlib, sys
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    record = json.loads(path.read_text())
+    over = "  OVER the 180 s budget" if record["wall_time_s"] > 180 else ""
+    print(f"chapter time under test: {record['chapter']:<34} {record['wall_time_s']:6.0f} s{over}")
+PY
 if [ "$status" -eq 5 ]; then
   # pytest's exit code 5 means it collected no test at all: nothing was checked, and that is a failure.
   echo "ERROR: pytest collected no tests (exit code 5) — nothing was checked." >&2
