@@ -19,8 +19,8 @@
 #
 # This book teaches parameter-efficient fine-tuning (PEFT) — from adapters and LoRA to the connectors that turn a
 # language model into a multimodal one — by **building every method from scratch** in a small library,
-# `minipeft`, and **training a complete model end to end in every chapter**. Each chapter runs on a laptop CPU in
-# a few minutes and, unchanged, at full size on a GPU.
+# `minipeft`, and **training a complete model end to end in every chapter**. Each chapter runs on a laptop CPU at a
+# small scale and, unchanged, at full size on a GPU; every chapter records its own run time in `notebooks/results/`.
 #
 # **In this chapter** you will learn how to run the book, what the *scale knob* does, and meet the three frozen
 # pretrained models that the whole book stands on — what each already knows before we fine-tune anything.
@@ -30,8 +30,10 @@ import time
 
 import minipeft
 
-CHAPTER_START = time.perf_counter()
-SCALE = minipeft.scale()  # "ci" (CPU, minutes) or "full" (GPU); set MINIPEFT_SCALE to choose
+from myst_nb import glue
+
+CHAPTER_START, CHAPTER_CPU_START = time.perf_counter(), time.process_time()
+SCALE = minipeft.scale()  # "ci" (CPU) or "full" (GPU); set MINIPEFT_SCALE to choose
 SEED = 0
 print(f"scale = {SCALE!r}")
 
@@ -89,9 +91,10 @@ print(type(llm).__name__, f"| layers {config.num_hidden_layers} | hidden {config
       f"heads {config.num_attention_heads} (key/value heads {config.num_key_value_heads}) | "
       f"vocabulary {config.vocab_size:,}")
 print(parameter_report(llm, depth=1))
+glue("llm_millions", f"{parameter_report(llm).total / 1e6:.1f}", display=False)
 
 # %% [markdown]
-# The report shows 134.5 M parameters, *none* trainable: loaders return frozen models, and each method decides
+# The report shows {glue:text}`llm_millions` M parameters, *none* trainable: loaders return frozen models, and each method decides
 # what to train. (The output projection `lm_head` shares its weight with the input embedding, so it is counted once.)
 #
 # What does it know? Greedy decoding is deterministic, so these answers are reproducible on the same machine:
@@ -150,7 +153,7 @@ for i in range(6):
     for j in range(6):
         ax.text(j, i, f"{similarity[i, j]:.2f}", ha="center", va="center", color="w" if similarity[i, j] < 0.6 else "k")
 fig.colorbar(image, label="cosine similarity")
-ax.set_title("MiniLM: paraphrases are close, unrelated sentences are not")
+ax.set_title("Figure 0.1 — MiniLM: paraphrases are close,\nunrelated sentences are not", fontsize=10)
 plt.tight_layout()
 plt.show()
 
@@ -186,12 +189,13 @@ with torch.no_grad():
     encoded = image_encoder(batch)
     predictions = top_classes(image_encoder.classify(batch), k=3)
 
-fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
 for ax, (name, photo), top in zip(axes, photos.items(), predictions):
     ax.imshow(photo)
     ax.set_title(f"{name}\n" + "\n".join(f"{label} {p:.2f}" for label, p in top), fontsize=9)
     ax.axis("off")
-plt.suptitle("EfficientNet-Lite0, top-3 ImageNet classes (scikit-image sample photos, CC0/public domain)")
+plt.suptitle("Figure 0.2 — EfficientNet-Lite0, top-3 ImageNet classes (scikit-image sample photos, CC0/public domain)",
+             fontsize=10, y=1.05)  # above the three-line panel titles
 plt.tight_layout()
 plt.show()
 
@@ -218,12 +222,12 @@ for text, label in zip(requests.texts, requests.labels):
     print(f"{requests.label_names[label]:>13}: {text}")
 
 shapes = load_shapes("train", limit=8, seed=SEED)
-fig, axes = plt.subplots(1, 8, figsize=(14, 2.3))
+fig, axes = plt.subplots(1, 8, figsize=(10, 1.9))
 for ax, image, shape, color in zip(axes, shapes.images, shapes.shape, shapes.color):
     ax.imshow(image.permute(1, 2, 0))
-    ax.set_title(f"{COLORS[color]} {SHAPES[shape]}", fontsize=9)
+    ax.set_title(f"{COLORS[color]}\n{SHAPES[shape]}", fontsize=8)
     ax.axis("off")
-plt.suptitle("easy-VQA images with the labels recovered from their questions")
+plt.suptitle("Figure 0.3 — easy-VQA images with the labels recovered from their questions", fontsize=10)
 plt.tight_layout()
 plt.show()
 print(f"{len(shapes.questions)} questions about these 8 images, e.g. {shapes.questions[0]}")
@@ -236,13 +240,81 @@ print(f"{len(shapes.questions)} questions about these 8 images, e.g. {shapes.que
 # visual tokens to SmolLM2 (LLaMA-Adapter V2, LLaVA-style projectors, Q-Formers). Every chapter ends by writing
 # what it measured to `notebooks/results/`, from which the README's table is generated.
 #
-# **Exercises.** (1) Ask SmolLM2 three factual questions of your own; which does it get wrong? (2) Find two
-# sentences with a cosine similarity above 0.8 that *mean opposite things* — why can that happen, and which chapter-1
-# task does it make hard? (3) Run EfficientNet on `skimage.data.rocket()`; is the top class sensible?
+# ## 0.7 Summary
+#
+# * Every chapter reads one *scale* (`ci` on a CPU, `full` on a GPU) and keeps its sizes for both in one small
+#   dataclass; nothing is downloaded, and every chapter records what it measured.
+# * SmolLM2-135M-Instruct is a real LLaMA-architecture chat model, loaded frozen; the loss on fluent text against
+#   the same words shuffled is a quick check that its weights are sane.
+# * all-MiniLM-L6-v2 turns a sentence into a vector whose cosine similarity to another sentence's measures how
+#   related they are — which is not the same as meaning the same thing (Exercise 2).
+# * EfficientNet-Lite0 turns an image into 49 visual tokens; the multimodal chapters feed them to SmolLM2.
+#
+# ## 0.8 Exercises
+#
+# 1. Ask SmolLM2 three factual questions of your own. Which does it get wrong?
+# 2. Find two sentences with a high cosine similarity that *mean opposite things*. Why can that happen, and which
+#    chapter-1 task does it make hard?
+# 3. Run EfficientNet on `skimage.data.rocket()`. Is the top class sensible?
+# 4. **Write it yourself.** `text_loss` is the language model's own loss. Compute it yourself from the logits: shift
+#    so that position $t$ predicts token $t + 1$, take the cross-entropy, average — in a few lines — and check that
+#    you get `text_loss`'s number on the fluent sentence above.
+
+# %% tags=["hide-input"]
+# Solution 1: three questions whose answers we can check by a word the answer must contain.
+own = [("What is the capital of Canada?", "ottawa"), ("How many legs does a spider have?", "eight"),
+       ("Who painted the Mona Lisa?", "leonardo")]
+own_answers = [generate_answer(llm, llm_tokenizer, q, max_new_tokens=30) for q, _ in own]
+for (question, expected), answer in zip(own, own_answers):
+    print(f"Q: {question}\nA: {answer}\n   contains '{expected}': {expected in answer.lower()}\n")
+
+# Solution 2: requests that differ in one word, on / off: nearly all tokens are shared, and mean pooling averages them.
+opposites = ["Turn on the lights in the kitchen.", "Turn off the lights in the kitchen."]
+pair = encode_sentences(sentence_encoder, sentence_tokenizer, opposites)  # (2, d), unit vectors
+opposite_cosine = float(pair[0] @ pair[1])
+print(f"Solution 2: cos({opposites[0]!r}, {opposites[1]!r}) = {opposite_cosine:.2f}; "
+      f"the two paraphrases of Figure 0.1, cos = {float(similarity[2, 3]):.2f}")
+glue("opposite_cosine", f"{opposite_cosine:.2f}", display=False)
+
+# Solution 3: the rocket photo through the same preprocessing and classifier.
+with torch.no_grad():
+    rocket_top = top_classes(image_encoder.classify(preprocess([skimage_data.rocket()])), k=3)[0]
+print("\nSolution 3: rocket, top-3:", ", ".join(f"{label} {p:.2f}" for label, p in rocket_top))
+glue("rocket_top", rocket_top[0][0], display=False)
+
+# Solution 4: the causal LM loss written out. Position t predicts token t + 1, so drop the last logit and the first id.
+ids = llm_tokenizer(sentence, return_tensors="pt")["input_ids"]  # (1, T)
+with torch.no_grad():
+    logits = llm(input_ids=ids).logits  # (1, T, V)
+my_loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()  # (T-1, V) vs (T-1,)
+print(f"\nSolution 4: my loss {my_loss:.6f}, text_loss {fluent_loss:.6f}")
+assert abs(my_loss - fluent_loss) < 1e-4
+
+# %% [markdown]
+# ````{dropdown} Solutions 1, 2 and 3 — reading the results
+# **1.** The printed answers are this model's, greedy and cut at 30 tokens: a wrong or unfinished answer can come
+# from the model not knowing, or from spending its tokens on a preamble before the fact — read each one.
+#
+# **2.** "Turn on …" and "Turn off …" share every token but one, and the sentence vector is the *mean* of the token
+# vectors, so one word can only move it a little: their cosine here is {glue:text}`opposite_cosine`. MiniLM was
+# trained to bring together sentences about the same thing, and two requests about the kitchen lights are about the
+# same thing. This is exactly what makes chapter 1's task hard: its twelve intents come in six opposite pairs
+# (lights on / off, music play / stop, …), whose requests differ in one word — so a probe on frozen vectors has to
+# find a direction along which on and off differ, and fine-tuning can move the vectors apart.
+#
+# **3.** The top class here is "{glue:text}`rocket_top`" (the runners-up are printed above). The photo shows a rocket
+# standing beside its launch tower, and a classifier can only answer with one of its 1,000 ImageNet classes, so
+# "sensible" means: is it the class closest to the whole scene? A tall lattice of girders beside a tall structure may
+# match a class for other towers better than the rocket classes. A frozen encoder's *features* can still be useful
+# where its *labels* are not — which is how the multimodal chapters use it.
+# ````
+#
+# ## 0.9 Record what this run measured
 
 # %%
 from minipeft.book.results import record
 
+cpu_seconds = time.process_time() - CHAPTER_CPU_START
 record(
     "00_how_to_use", "How to use this book: the three frozen backbones",
     {
@@ -251,13 +323,19 @@ record(
         "SmolLM2 generation speed": (tokens_generated / generation_time.seconds, "tokens/s"),
         "EfficientNet top-1 p(Egyptian cat)": (predictions[0][0][1], "probability"),
         "MiniLM cos(cat, kitten)": (float(similarity[0, 1]), "cosine"),
+        "chapter CPU time": (cpu_seconds, "s"),
     },
     trainable_parameters=0,
     scale=SCALE, seed=SEED, wall_time_s=time.perf_counter() - CHAPTER_START,
 )
-print(f"chapter wall time: {time.perf_counter() - CHAPTER_START:.0f} s")
+print(f"chapter wall time: {time.perf_counter() - CHAPTER_START:.0f} s, CPU time: {cpu_seconds:.0f} s")
 
 # %% [markdown]
 # ## References
 #
-# The works cited in this chapter are listed, with the whole book's, in the {doc}`../book/bibliography`.
+# * SmolLM2 {cite}`allal2025smollm2` and the LLaMA architecture it uses {cite}`touvron2023llama`.
+# * BERT {cite}`devlin2019bert`, MiniLM {cite}`wang2020minilm` and Sentence-BERT {cite}`reimers2019sbert`.
+# * EfficientNet {cite}`tan2019efficientnet`.
+# * easy-VQA {cite}`zhou2020easyvqa`.
+#
+# The whole book's references are in the {doc}`../book/bibliography`.

@@ -37,8 +37,10 @@ from dataclasses import dataclass
 
 import minipeft
 
-CHAPTER_START = time.perf_counter()
-SCALE = minipeft.scale()  # "ci" on a CPU (about 3 minutes), "full" on a GPU; set MINIPEFT_SCALE to choose
+from myst_nb import glue
+
+CHAPTER_START, CHAPTER_CPU_START = time.perf_counter(), time.process_time()
+SCALE = minipeft.scale()  # "ci" on a CPU, "full" on a GPU; set MINIPEFT_SCALE to choose
 SEED = 0
 
 
@@ -128,7 +130,7 @@ show_source(prefix.PromptHandle._prefilled_cache)
 # ## 4.2 The task and the model before training
 #
 # The robot persona of chapter 3: questions whose correct answers are wrapped in *"Beep boop! … Have a logical day,
-# human."* We train on the 172 generated pairs and ask held-out fact questions (countries, animals, opposites and sums
+# human."* We train on the {glue:text}`n_train_pairs` generated pairs and ask held-out fact questions (countries, animals, opposites and sums
 # never seen in training) plus questions from other domains. We measure three things: how many answers **follow the
 # persona**, how many held-out answers still **contain the fact**, and the **held-out loss** — the cross-entropy of
 # the persona answers to the held-out fact questions under teacher forcing (answer tokens only).
@@ -175,6 +177,10 @@ for question, answer in zip(questions, base_answers):
     print(f"Q: {question}\nA: {answer}\n")
 print(f"persona followed {base_persona}/{len(questions)}, facts stated {base_facts}/{len(test_pairs)}, "
       f"held-out loss {base_loss:.3f}")
+glue("n_train_pairs", f"{len(train_pairs)}", display=False)
+glue("n_questions", f"{len(questions)}", display=False)
+glue("n_facts", f"{len(test_pairs)}", display=False)
+glue("base_heldout", f"{base_loss:.2f}", display=False)
 
 # %% [markdown]
 # ## 4.3 Four methods at one budget
@@ -249,10 +255,14 @@ print(f"{'method':14} {'closed form':>12} {'counted':>9} {'equal':>6} {'% of mod
 for name in CONFIGS:
     print(f"{name:14} {closed_form[name]:>12,} {counted[name]:>9,} {str(closed_form[name] == counted[name]):>6} "
           f"{100 * counted[name] / total:>10.4f}%")
+glue("budget", f"{counted['LoRA']:,}", display=False)
+glue("pt_smaller", f"{100 * (1 - counted['P-tuning'] / counted['LoRA']):.1f}", display=False)
+glue("budget_percent", f"{100 * counted['LoRA'] / total:.3f}", display=False)
 
 # %% [markdown]
-# Three budgets are exactly 23,040; P-tuning's MLP cannot hit it exactly and is 1.5 % smaller. All four train about
-# 0.017 % of the model. (Li & Liang's abstract speaks of 0.1 % of the parameters; we are well below that.)
+# Three budgets are exactly {glue:text}`budget`; P-tuning's MLP cannot hit it exactly and is {glue:text}`pt_smaller` %
+# smaller. All four train about {glue:text}`budget_percent` % of the model. (Li & Liang's abstract speaks of 0.1 % of
+# the parameters; we are well below that.)
 #
 # ## 4.4 Sanity checks: what is, and is not, true at initialisation
 #
@@ -370,8 +380,8 @@ assert random_prefix_loss > base_loss + 1.0, (base_loss, random_prefix_loss)
 #
 # Same data, same order of batches (`seed`), same number of steps and batch size, bf16 autocast, the loss on the
 # answer tokens only. Only the learning rate differs: a soft prompt or a prefix is an *input*, and moving it far
-# enough takes larger steps than LoRA's (we tried a couple of values per method offline and fixed
-# them in `Sizes`). The same `generate_answers` works for every method: the hook handles each step of `generate`.
+# enough takes larger steps than LoRA's. The rates in `Sizes` are fixed settings, not tuned by this notebook (see
+# the pitfalls). The same `generate_answers` works for every method: the hook handles each step of `generate`.
 
 # %%
 from minipeft.core import TrainConfig, train
@@ -392,7 +402,9 @@ for name in CONFIGS:
         answers = generate_answers(llm, tokenizer, questions, max_new_tokens=SIZES.max_new_tokens)
     persona, facts = evaluate(answers)
     runs[name] = {"trainable": count_parameters(llm, trainable_only=True), "history": history, "answers": answers,
-                  "heldout": heldout_loss(llm), "persona": persona, "facts": facts, "generate_s": generation.seconds}
+                  "heldout": heldout_loss(llm), "persona": persona, "facts": facts, "generate_s": generation.seconds,
+                  # the trained virtual tokens, kept for Exercise 5 (None for LoRA)
+                  "prompt": handle.export_prompt_embeddings() if isinstance(handle, prefix.PromptHandle) else None}
     handle.undo()  # back to the untouched model for the next method
     print(f"{name}: loss {history.loss[0]:.3f} -> {history.loss[-1]:.3f}, persona {persona}/{len(questions)}, "
           f"facts {facts}/{len(test_pairs)}, {history.wall_time:.0f} s")
@@ -417,17 +429,17 @@ for name, run in runs.items():
           f"{seconds / SIZES.steps:>7.2f}")
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
 for name, run in runs.items():
     axes[0].plot(run["history"].steps, run["history"].loss, "o-", ms=3, label=name)
-axes[0].set(xlabel="training step", ylabel="cross-entropy on answer tokens (nats, log scale)", yscale="log",
-            title=f"Training loss, {counted['LoRA']:,}-parameter budget")
-axes[0].legend()
+axes[0].set(xlabel="training step", ylabel="answer cross-entropy (nats, log)", yscale="log",
+            title="Training loss")
+axes[0].legend(fontsize=7)
 labels = ["base", "hard prompt"] + list(runs)
 heldout = [base_loss, hard_prompt_loss] + [run["heldout"] for run in runs.values()]
 axes[1].bar(labels, heldout, color=["gray", "silver"] + [f"C{i}" for i in range(len(runs))])
-axes[1].set(ylabel="held-out loss (nats)", title="Held-out persona loss after training")
-axes[1].tick_params(axis="x", rotation=30)
+axes[1].set(ylabel="held-out loss (nats)", title="Held-out loss after training")
+plt.setp(axes[1].get_xticklabels(), rotation=40, ha="right", fontsize=8)  # long names: slant, anchor at the tick
 # Cost of a forward pass ~ positions computed: soft prompts add P input positions, a prefix only P cached keys.
 real_length = sum(int(e["attention_mask"].sum()) for e in examples) / len(examples)
 extra_positions = {name: CONFIGS[name].num_virtual_tokens if name in ("prompt tuning", "P-tuning") else 0
@@ -435,9 +447,11 @@ extra_positions = {name: CONFIGS[name].num_virtual_tokens if name in ("prompt tu
 axes[2].bar(list(runs), [real_length + extra_positions[name] for name in runs],
             color=[f"C{i}" for i in range(len(runs))])
 axes[2].axhline(real_length, color="gray", ls=":", label="the real tokens")
-axes[2].set(ylabel="positions computed per example (mean)", title="The compute price of virtual tokens")
-axes[2].legend()
-axes[2].tick_params(axis="x", rotation=30)
+axes[2].set(ylabel="positions per example (mean)", title="Positions computed")
+axes[2].legend(fontsize=7)
+plt.setp(axes[2].get_xticklabels(), rotation=40, ha="right", fontsize=8)
+fig.suptitle(f"Figure 4.1 — Four methods at a {counted['LoRA']:,}-parameter budget: training loss, held-out loss, "
+             "and the compute price of virtual tokens (one seed)", fontsize=9)
 plt.tight_layout()
 plt.show()
 
@@ -458,14 +472,32 @@ for index in (0, 1, 2, len(questions) - 1):
 # best prompt-style method lowers it by more than two; the prefix initialised from the text learns the persona; and
 # training — not only the instruction it started from — is what makes the soft prompt work.
 #
-# **Reading the table.** At this budget and this number of steps, LoRA, prefix tuning and prompt tuning all learn the
-# persona; P-tuning lags far behind. Its budget buys a 14-wide encoder: the last layer of equation (4.3) maps a
+# **Reading the table.** In this run ({glue:text}`steps` steps, one seed) the persona was followed on
+# {glue:text}`persona_LoRA`, {glue:text}`persona_prefix`, {glue:text}`persona_prompt` and {glue:text}`persona_pt` of
+# the {glue:text}`n_questions` questions by LoRA, prefix tuning, prompt tuning and P-tuning, with held-out losses of
+# {glue:text}`heldout_LoRA`, {glue:text}`heldout_prefix`, {glue:text}`heldout_prompt` and {glue:text}`heldout_pt`
+# nats (base model: {glue:text}`base_heldout`). One seed does not rank methods whose numbers are close. P-tuning has
+# a structural handicap at this budget: it buys a 14-wide encoder, whose last layer in equation (4.3) maps a
 # 14-dimensional vector to the 576-dimensional embedding space, so all ten virtual tokens live in one 15-dimensional
-# affine subspace, and they start from random numbers, not from text. (Its learning rate is also delicate: at 3e-1
-# the loss jumped up in our offline trials.) The facts column rises from the base model's because trained answers are
-# short and say the fact plainly, where the base model rambles; with six questions it is a coarse measure.
+# affine subspace — and they start from random numbers, not from text. The facts column compares short trained
+# answers that say the fact plainly with a base model that rambles and is often cut off before the fact; with
+# {glue:text}`n_facts` questions it is a coarse measure.
 
 # %%
+short_names = {"LoRA": "LoRA", "prefix tuning": "prefix", "prompt tuning": "prompt", "P-tuning": "pt"}
+for name, run in runs.items():
+    glue(f"persona_{short_names[name]}", f"{run['persona']}", display=False)
+    glue(f"heldout_{short_names[name]}", f"{run['heldout']:.2f}", display=False)
+glue("steps", f"{SIZES.steps}", display=False)
+glue("batch_size", f"{SIZES.batch_size}", display=False)
+glue("hard_heldout", f"{hard_prompt_loss:.2f}", display=False)
+glue("hard_persona", f"{hard_persona}", display=False)
+glue("P_prompt", f"{P_prompt}", display=False)
+glue("P_prefix", f"{P_prefix}", display=False)
+glue("prompt_extra_pct", f"{100 * P_prompt / real_length:.0f}", display=False)
+lr_ratios = [SIZES.learning_rates[name] / SIZES.learning_rates["LoRA"] for name in runs if name != "LoRA"]
+glue("lr_ratio_lo", f"{min(lr_ratios):.1f}", display=False)
+glue("lr_ratio_hi", f"{max(lr_ratios):.1f}", display=False)
 prompt_style = ("prompt tuning", "prefix tuning", "P-tuning")
 best_prompt_style = min(runs[name]["heldout"] for name in prompt_style)
 assert runs["LoRA"]["persona"] >= 6, runs["LoRA"]["persona"]
@@ -507,7 +539,8 @@ if sweep:
             ax.annotate(f"P={s[1]}", (s[2], s[3]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(runs["LoRA"]["heldout"], color="C3", ls=":", label=f"LoRA r={r} (section 4.5)")
     ax.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="held-out loss (nats)",
-           title="How many virtual tokens are needed?")
+           title="Figure 4.2 — How many virtual tokens are needed? (one seed)")
+    ax.title.set_fontsize(10)
     ax.legend()
     plt.tight_layout()
     plt.show()
@@ -520,7 +553,7 @@ else:
 # | claim | source | we measured (this run) |
 # |---|---|---|
 # | Prompt tuning "becomes more competitive with scale: as models exceed billions of parameters, our method 'closes the gap' and matches the strong performance of model tuning" (T5 ablations on model size) | Lester et al. 2021 {cite}`lester2021prompt`, abstract | SmolLM2 has 135 M parameters, far below that; compare prompt tuning's row with LoRA's in §4.6 |
-# | Learning "only 0.1% of the parameters, prefix-tuning obtains comparable performance in the full data setting, outperforms fine-tuning in low-data settings" (GPT-2 table-to-text, BART summarisation) | Li & Liang 2021 {cite}`li2021prefix`, abstract | prefix tuning with 0.017 % of the parameters, 172 examples: its row in §4.6 |
+# | Learning "only 0.1% of the parameters, prefix-tuning obtains comparable performance in the full data setting, outperforms fine-tuning in low-data settings" (GPT-2 table-to-text, BART summarisation) | Li & Liang 2021 {cite}`li2021prefix`, abstract | prefix tuning with {glue:text}`budget_percent` % of the parameters, {glue:text}`n_train_pairs` examples: its row in §4.6 |
 # | P-tuning's trainable continuous prompts stabilise training and improve NLU results (LAMA, SuperGLUE), for frozen and tuned models | Liu et al. 2021 {cite}`liu2021ptuning`, abstract | P-tuning at a 14-wide encoder: its row in §4.6 |
 # | "prior work reveals that prompt tuning does not perform well for normal-sized pretrained models"; deep prompts (a prefix in every layer) match fine-tuning "while having only 0.1%-3% tuned parameters" | Liu et al. 2022, P-tuning v2 {cite}`liu2022ptuningv2`, abstract | prefix (every layer) vs prompt (input only) at equal budget, §4.6 |
 #
@@ -529,16 +562,17 @@ else:
 # can already be steered into; a prefix writes keys and values into *every* layer, and LoRA changes the computation
 # itself. Lester et al. find that this handicap fades with scale — prompt tuning "closes the gap" only as models
 # exceed billions of parameters — and P-tuning v2 closes it for normal-sized models by putting prompts into every
-# layer, which is prefix tuning's design. In our run the soft prompt
-# does *not* look weak, and the reason is instructive: it started from an instruction that already describes the
-# persona (the "hard prompt" row lowers the held-out loss a lot before any training, though the untrained model does
-# not actually follow the persona on our questions), and the task — a fixed wrapper around answers the model already
-# knows — is about the easiest a prompt can be asked to do. In our offline trials a randomly initialised prompt of
-# the same size had learned much less after 16 steps (Exercise 1 lets you see it). The prompt also costs compute:
-# 40 virtual tokens lengthen every training and inference sequence by about two thirds
-# (right-hand panel), while a 2-position prefix adds only two keys to attend to, and merged LoRA nothing.
+# layer, which is prefix tuning's design. Read this run's soft prompt with its start in mind: it began from an
+# instruction that already describes the persona — typed as a hard prompt, that instruction alone moves the held-out
+# loss from {glue:text}`base_heldout` to {glue:text}`hard_heldout` nats before any training, though the untrained
+# model follows the persona on only {glue:text}`hard_persona` of our questions — and the task, a fixed wrapper around
+# answers the model already knows, is about the easiest a prompt can be asked to do. Exercise 1 measures how much of
+# the start the text gives. The prompt also costs compute: {glue:text}`P_prompt` virtual tokens lengthen every
+# training and inference sequence by {glue:text}`prompt_extra_pct` % on average (Figure 4.1, right), while a
+# {glue:text}`P_prefix`-position prefix adds only that many keys to attend to, and merged LoRA nothing.
 #
-# **Why ours may differ.** One seed, a dozen steps of 4 examples (at `ci` scale), a 4-bit-quantised (then
+# **Why ours may differ.** One seed, {glue:text}`steps` steps of {glue:text}`batch_size` examples (at `ci` scale), a
+# 4-bit-quantised (then
 # dequantised) model, a generated style task rather than the papers' benchmarks, learning rates chosen from a
 # handful of short trials, and timings on a shared CPU: seconds per step change between runs, and even between the
 # methods of one run, with the load on the machine — the positions panel is the reliable measure of cost.
@@ -549,9 +583,10 @@ else:
 #   the loss far above the base model's before training starts (§4.4). Start from real activations
 #   (`init="text"`), or use Li & Liang's MLP reparameterisation (`prefix_projection=True`) — at the price of many
 #   more *training* parameters.
-# * **Learning rates.** Prompt-style methods need steps several times larger than LoRA's (here 1.5× to 5×), and the
-#   window is narrow: too small and a short run barely moves, too large and the loss jumps. Sweep it; it is the most
-#   sensitive setting of these methods.
+# * **Learning rates.** Prompt-style methods need steps several times larger than LoRA's (here
+#   {glue:text}`lr_ratio_lo`× to {glue:text}`lr_ratio_hi`× LoRA's rate). This notebook does not sweep them; a short
+#   run at too small a rate barely moves, and too large a rate makes the loss jump. Sweep it for your task: it is
+#   the setting these methods are most sensitive to.
 # * **Extra logits.** Prompt tuning and P-tuning return $P$ extra positions; slice them off
 #   (`strip_virtual_tokens`) before comparing with the base model or computing metrics position by position.
 # * **Grouped-query attention.** A prefix lives in the key/value cache, so it has `num_key_value_heads` heads
@@ -561,25 +596,131 @@ else:
 # * **Budgets are not costs.** Equal trainable parameters can mean very different compute: prompt tuning's budget is
 #   sequence length.
 #
-# ## 4.10 Exercises
+# ## 4.10 Summary
 #
-# 1. Train prompt tuning from `init="random"` and from `init="vocab"` with the same budget. How many steps does each
-#    need to reach the held-out loss of the text initialisation? (Lester et al. also compare initialisations.)
-# 2. Train prefix tuning with the library's random initialisation (`init="random"`) at learning rates 1e-2 and
-#    3e-2. Then try `prefix_projection=True` with a small `encoder_hidden_size`; count its training and its inference
-#    parameters.
-# 3. Replace P-tuning's MLP by the LSTM encoder (`encoder="lstm"`) at a matched budget. Is it better?
-# 4. Give every method ten times the budget (prompt $P = 400$ is impractical — why?). Which improves most?
+# * Prompt tuning learns $P$ input embeddings, prefix tuning $P$ keys and values in every layer, P-tuning input
+#   embeddings produced by a small encoder; none changes a layer's weights, so none can be merged, and none starts
+#   as the identity (LoRA does).
+# * A soft prompt initialised from text *is* that text typed as a hard prompt, and a prefix initialised from text
+#   *is* the key/value cache of those tokens — both checked above to float rounding. A random prefix wrecks the
+#   model before training starts.
+# * At one parameter budget the methods buy very different things: a virtual token costs 576 numbers as a prompt
+#   and 11,520 as a prefix, and prompt tuning pays its budget in sequence length, every forward pass.
+# * What each learned in this single-seed run is in §4.6; the learning rate and the initialisation are the settings
+#   these methods are most sensitive to, and the results depend on the model's scale {cite}`lester2021prompt`.
+#
+# ## 4.11 Exercises
+#
+# 1. Attach prompt tuning ($P$ = 40) with `init="random"`, `init="vocab"` and `init="text"` and measure each one's
+#    held-out loss *before any training*. Which start is closest to the trained prompt, and why? (On a GPU, train
+#    each for the chapter's steps and count the steps each needs to reach the text start's held-out loss; Lester et
+#    al. compare initialisations too.)
+# 2. Prefix tuning with Li & Liang's reparameterisation: `prefix_projection=True`, `encoder_hidden_size=16`,
+#    `init="random"`, $P = 2$. Count its *training* parameters and the parameters it needs at *inference* (the MLP's
+#    output can be computed once and kept as a plain prefix). Compare with the chapter's prefix.
+# 3. P-tuning with the LSTM encoder (`encoder="lstm"`, $P = 10$): write its parameter count in closed form and find
+#    the largest `encoder_hidden_size` whose budget does not exceed LoRA's. Check the count with `count_parameters`.
+#    Why is the LSTM so expensive at this width?
+# 4. Give every method ten times the budget. What are the configurations ($P$, $r$)? Prompt tuning's $P = 400$ is
+#    impractical — why? Compute what it does to the positions per example.
 # 5. Export the trained prompt with `handle.export_prompt_embeddings()`: which of its rows are closest to real
 #    vocabulary embeddings (nearest neighbour by cosine)? Do they spell anything?
 #
-# ## 4.11 Record what this run measured
+# The cell below runs the solutions without training anything new: it attaches and counts, measures losses at
+# initialisation, and reads the prompt that §4.5 trained.
+
+# %% tags=["hide-input"]
+# Solution 1: held-out loss at step 0 for three prompt initialisations (the same P = 40 budget).
+init_losses = {}
+for init in ("random", "vocab", "text"):
+    config = dataclasses.replace(CONFIGS["prompt tuning"], init=init, init_text=INIT_TEXT if init == "text" else None)
+    init_handle = attach("prompt tuning", config)
+    init_losses[init] = heldout_loss(llm)
+    init_handle.undo()
+print("Solution 1: held-out loss before training — " +
+      ", ".join(f"init={init}: {loss:.3f}" for init, loss in init_losses.items()) +
+      f"; base model {base_loss:.3f}, trained prompt (text start) {runs['prompt tuning']['heldout']:.3f}")
+
+# Solution 2: the MLP (Embedding(P, d) -> Linear(d, 16) -> tanh -> Linear(16, 2 L H_kv d_head)) trains; at inference
+# only its output, the (P, 2 L H_kv d_head) prefix, is needed.
+projected = prefix.PrefixTuningConfig(num_virtual_tokens=P_prefix, prefix_projection=True, encoder_hidden_size=16)
+projected_handle = attach("prefix tuning", projected)
+training_count = count_parameters(llm, trainable_only=True)
+inference_count = projected_handle.export_prompt_embeddings().numel()
+projected_handle.undo()
+prefix_width = 2 * L * H_kv * d_head
+by_hand = P_prefix * d + (d * 16 + 16) + (16 * prefix_width + prefix_width)
+print(f"\nSolution 2: with the projection, {training_count:,} training parameters (closed form {by_hand:,}) but "
+      f"{inference_count:,} at inference (= P x 2 L H_kv d_head = {P_prefix * prefix_width:,}); "
+      f"the chapter's prefix trains {counted['prefix tuning']:,}")
+assert training_count == by_hand and inference_count == P_prefix * prefix_width
+
+
+# Solution 3: a 2-layer bidirectional LSTM. Each direction of a layer with input width n has 4h(n + h) weights and
+# two biases of 4h; the first layer reads d, the second the 2h concatenation. Then Linear(2h, 2h) and Linear(2h, d).
+def lstm_ptuning_count(h, P=10, layers=2):
+    lstm = sum(2 * (4 * h * ((d if layer == 0 else 2 * h) + h) + 8 * h) for layer in range(layers))
+    return P * d + lstm + (2 * h * 2 * h + 2 * h) + (2 * h * d + d)
+
+
+largest = max(h_ for h_ in range(1, 64) if lstm_ptuning_count(h_) <= counted["LoRA"])
+lstm_handle = attach("P-tuning", prefix.PTuningConfig(num_virtual_tokens=10, encoder="lstm", encoder_hidden_size=largest))
+lstm_counted = count_parameters(llm, trainable_only=True)
+lstm_handle.undo()
+print(f"\nSolution 3: largest LSTM width within {counted['LoRA']:,}: h = {largest} "
+      f"({lstm_ptuning_count(largest):,} by the closed form, {lstm_counted:,} counted; h = {largest + 1} would need "
+      f"{lstm_ptuning_count(largest + 1):,}); the first layer's input weights alone are 2 x 4h x d = "
+      f"{2 * 4 * largest * d:,}")
+assert lstm_counted == lstm_ptuning_count(largest)
+
+# Solution 4: ten times the budget, from the closed forms (4.4).
+ten_times = {"prompt tuning": f"P = {10 * P_prompt}", "prefix tuning": f"P = {10 * P_prefix}",
+             "LoRA": f"r = {10 * r} on v_proj"}
+print(f"\nSolution 4: 10x budget ({10 * counted['LoRA']:,}): " + "; ".join(f"{k}: {v}" for k, v in ten_times.items()))
+print(f"   positions per training example: {real_length:.0f} real; + {P_prompt} = {real_length + P_prompt:.0f} "
+      f"now; + {10 * P_prompt} = {real_length + 10 * P_prompt:.0f} at P = {10 * P_prompt} "
+      f"({(real_length + 10 * P_prompt) / real_length:.0f}x the work of the linear layers, "
+      f"{((real_length + 10 * P_prompt) / real_length) ** 2:.0f}x the attention scores)")
+
+# Solution 5: cosine nearest neighbours of the trained prompt's rows in the vocabulary embedding table.
+trained_prompt = runs["prompt tuning"]["prompt"]  # (P, d)
+vocabulary = llm.get_input_embeddings().weight.detach().cpu()  # (V, d)
+cosine = torch.nn.functional.normalize(trained_prompt, dim=-1) @ torch.nn.functional.normalize(vocabulary, dim=-1).T
+best_cosine, nearest = cosine.max(dim=-1)  # (P, V) -> (P,)
+start_ids = text_ids(INIT_TEXT, P_prompt)
+unchanged = sum(int(a) == b for a, b in zip(nearest, start_ids))
+print(f"\nSolution 5: {unchanged} of {P_prompt} rows still have their starting token as nearest neighbour; "
+      f"cosine to it: min {best_cosine.min():.3f}, median {best_cosine.median():.3f}")
+print("   nearest tokens, in order:", repr(tokenizer.decode(nearest.tolist())))
+
+# %% [markdown]
+# ````{dropdown} Solutions 1, 4 and 5 — reading the numbers
+# **1.** The text start is an instruction that describes the persona, so at step 0 it already makes the persona
+# answers likelier; random and vocabulary starts have no such information, and their held-out losses (printed above)
+# show what the model makes of 40 positions of noise or of unrelated words. Training moves the text start from a
+# good point; the others must first *find* one, so one expects them to need more steps — the GPU part of the
+# exercise measures how many.
+#
+# **4.** $P = 400$ makes every sequence mostly prompt: the positions computed per example grow by the printed
+# factor, the linear layers' work with it and the attention scores with its square, at training *and* at every
+# inference call — and the prompt takes 400 places of the context window from the user. A prefix of $P = 20$ adds
+# only keys and values to attend to, and LoRA at $r = 10$ still merges away.
+#
+# **5.** The printed count says how many rows the short training left nearest to the token they started from: when it
+# is all of them, the trained prompt still "spells" its starting instruction, as the decoded line shows. The cosines
+# (each below 1) say how far every row has moved away from its token all the same — the training changed the rows,
+# just not enough in {glue:text}`steps` steps to bring another token closer. Nothing forces a soft prompt to stay near
+# words: with longer training, or from a random start, its rows need not spell anything.
+# ````
+#
+# ## 4.12 Record what this run measured
 #
 # The last cell writes `notebooks/results/04_prompts_and_prefixes.json`.
 
 # %%
 from minipeft.book.results import record
 
+cpu_seconds = time.process_time() - CHAPTER_CPU_START
 record(
     "04_prompts_and_prefixes", "Prompt, prefix and P-tuning vs LoRA at a matched budget",
     {
@@ -590,6 +731,7 @@ record(
         "base held-out loss": (base_loss, "nats/token"),
         "hard prompt held-out loss": (hard_prompt_loss, "nats/token"),
         "random prefix held-out loss at init": (random_prefix_loss, "nats/token"),
+        "chapter CPU time": (cpu_seconds, "s"),
     },
     trainable_parameters=counted["prompt tuning"],
     paper_claims=[{"claim": "prompt tuning matches model tuning as models exceed billions of parameters",
@@ -598,9 +740,17 @@ record(
                    "source": "Li & Liang 2021, arXiv:2101.00190, abstract"}],
     scale=SCALE, seed=SEED, wall_time_s=time.perf_counter() - CHAPTER_START,
 )
-print(f"chapter wall time: {time.perf_counter() - CHAPTER_START:.0f} s")
+print(f"chapter wall time: {time.perf_counter() - CHAPTER_START:.0f} s, CPU time: {cpu_seconds:.0f} s")
 
 # %% [markdown]
 # ## References
 #
-# The works cited in this chapter are listed, with the whole book's, in the {doc}`../book/bibliography`.
+# * Lester et al., prompt tuning and its dependence on scale {cite}`lester2021prompt`.
+# * Li & Liang, prefix tuning and its MLP reparameterisation {cite}`li2021prefix`.
+# * Liu et al., P-tuning {cite}`liu2021ptuning`, and P-tuning v2, deep prompts for normal-sized models
+#   {cite}`liu2022ptuningv2`.
+# * Hu et al., LoRA, the comparison at the same budget {cite}`hu2021lora`; He et al.'s unified view of these
+#   methods {cite}`he2022unified`.
+# * The model: SmolLM2 {cite}`allal2025smollm2`.
+#
+# The whole book's references are in the {doc}`../book/bibliography`.
