@@ -90,7 +90,7 @@ class ClipCollate:
 
     def __init__(self, tokenizer, video: torch.Tensor, audio: torch.Tensor | None, num_video_tokens: int,
                  num_audio_tokens: int = 0):
-        if video.shape[0] != (video.shape[0] if audio is None else audio.shape[0]):
+        if audio is not None and audio.shape[0] != video.shape[0]:
             raise ValueError(f"{video.shape[0]} clips of video features but {audio.shape[0]} of audio features; "
                              "give both for the same clips.")
         self.tokenizer, self.video, self.audio = tokenizer, video, audio

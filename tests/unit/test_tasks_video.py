@@ -60,6 +60,8 @@ def test_batches_supervise_the_answer_only_and_pick_each_clips_features(clips):
     assert "labels" not in generation and bool(generation["attention_mask"][:, -1].all())  # left-padded
     with pytest.raises(ValueError, match="no audio features"):
         ClipCollate(tokenizer, video, None, KV, KA)(examples[:1])
+    with pytest.raises(ValueError, match="for the same clips"):
+        ClipCollate(tokenizer, video, audio[:2], KV, KA)
 
 
 def test_the_loss_equals_the_models_own_and_answers_come_back_one_per_example(clips):
