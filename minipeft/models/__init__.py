@@ -15,12 +15,12 @@ from .efficientnet import (EfficientNetEncoder, VisionEncoderOutput, imagenet_cl
                            preprocess_images, top_classes)
 from .heads import SentenceClassifier, tokenize_examples, trim_padding
 from .minilm import SentenceEncoder, encode_sentences, load_minilm, mean_pool
-from .smollm2 import chat_prompt, generate_answer, generate_answers, load_smollm2, tokenize_chat_pairs, trim_batch
+from .smollm2 import answer_loss, chat_prompt, generate_answer, generate_answers, load_smollm2, tokenize_chat_pairs, trim_batch
 from .tiny import tiny_bert, tiny_clip, tiny_llama, tiny_vit
 from .whisper import WhisperAudioEncoder, load_whisper, load_whisper_encoder, transcribe
 
 __all__ = [
-    "EfficientNetEncoder", "SentenceClassifier", "SentenceEncoder", "VisionEncoderOutput", "cache_dir", "chat_prompt", "encode_sentences",
+    "answer_loss", "EfficientNetEncoder", "SentenceClassifier", "SentenceEncoder", "VisionEncoderOutput", "cache_dir", "chat_prompt", "encode_sentences",
     "generate_answer", "generate_answers", "imagenet_class_names", "load_efficientnet_lite0", "load_minilm", "load_smollm2", "mean_pool",
     "preprocess_images", "tiny_bert", "tokenize_chat_pairs", "trim_batch", "tiny_clip", "tiny_llama", "tiny_vit", "tokenize_examples", "top_classes",
     "trim_padding", "WhisperAudioEncoder", "load_whisper", "load_whisper_encoder", "transcribe",

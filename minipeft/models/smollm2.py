@@ -139,6 +139,24 @@ def trim_batch(batch: dict) -> dict:
     return {key: value[:, :length] if value.ndim == 2 else value for key, value in batch.items()}
 
 
+def answer_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy on the answer tokens, with the output layer applied only where a label is.
+
+    Equal to ``model(**batch).loss`` for a LLaMA-style ``...ForCausalLM`` (``model.model`` the decoder,
+    ``model.lm_head`` the output layer), but cheaper: SmolLM2's output layer is a 576 × 49,152 matrix, about a
+    fifth of the model's arithmetic per token, and a chat example's prompt (system line, question, template) is
+    typically half its tokens. Use it for methods that change the decoder's layers (LoRA, (IA)³, LLaMA-Adapter);
+    a prompt-style method hooks ``model.forward`` itself, so it needs ``model(**batch).loss``.
+    """
+    batch = trim_batch(batch)  # drop the padding columns every sequence shares
+    hidden = model.model(input_ids=batch["input_ids"],
+                         attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, d)
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1: (B, T-1)
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep])  # (n_answer_tokens, V)
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions, max_new_tokens: int = 32, system: str | None = None,
                      repetition_penalty: float = 1.1) -> list[str]:

@@ -111,3 +111,27 @@ def test_tiny_models_run_forward_and_backward():
     out = clip(input_ids=ids, pixel_values=torch.randn(2, 3, 32, 32), return_loss=True)
     assert torch.isfinite(out.loss)
     assert isinstance(llama.model.layers[0].self_attn.q_proj, nn.Linear)
+
+
+def test_answer_loss_equals_the_models_own_loss_and_its_gradient():
+    # The output layer applied only at labelled positions must give the full forward's loss and gradients, with
+    # prompt tokens (-100) and right padding (including columns every row pads, which answer_loss trims).
+    from minipeft.models import answer_loss
+
+    torch.manual_seed(0)
+    llama = tiny_llama()
+    ids = torch.randint(0, 256, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, 9:] = 0
+    mask[1:, 10:] = 0  # columns 10 and 11 are padding in every row
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :4] = -100  # the prompt
+    labels[2, 4:7] = -100  # a longer prompt in one row
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    weight = llama.model.layers[0].mlp.up_proj.weight
+    expected = llama(**batch).loss
+    (expected_grad,) = torch.autograd.grad(expected, weight)
+    ours = answer_loss(llama, batch)
+    (ours_grad,) = torch.autograd.grad(ours, weight)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours_grad, expected_grad, atol=1e-6, rtol=1e-5)
