@@ -77,7 +77,7 @@ class Sizes:
 SIZES = {
     "ci": Sizes(train_scenes=300, test_scenes=100, max_objects=2, hidden=128, layers=2, heads=4, ffn=512, queries=8,
                 embed_dim=64, stage1_steps=40, stage1_batch=16, stage1_lr=1e-3, ablation_seeds=(0, 1, 2),
-                qa_kinds=("color", "shape"), train_per_kind=200, test_per_kind=30, stage2_steps=40,
+                qa_kinds=("color", "shape"), train_per_kind=200, test_per_kind=30, stage2_steps=15,
                 stage2_batch=4, stage2_lr=3e-3, projector_grid=3),
     "full": Sizes(train_scenes=4000, test_scenes=1000, max_objects=4, hidden=768, layers=12, heads=12, ffn=3072,
                   queries=32, embed_dim=256, stage1_steps=3000, stage1_batch=64, stage1_lr=1e-4,
@@ -110,6 +110,59 @@ from minipeft.book import show_source
 from minipeft.multimodal import qformer as qf
 
 show_source(qf.QFormerLayer.forward)
+
+# %% [markdown]
+# **Write it yourself.** Equation (12.1) is three post-LN blocks. The cell below writes one layer with plain tensor
+# operations — multi-head attention $\mathrm{softmax}(q k^\top / \sqrt{d_{head}} + M)\, v$, the residual, the
+# LayerNorm — runs it on the weights of a library `QFormerLayer` (its LayerNorms moved away from 1 and 0, so that a
+# forgotten norm shows) with $K = 4$ queries, 5 text tokens (one caption padded) and the causal mask of ITG, and
+# checks that the two agree.
+
+# %%
+import torch
+import torch.nn.functional as F
+
+
+def my_attention(block, x, context, mask, heads):
+    """LN(x + W_o · softmax(q kᵀ / √d_head + M) v): q from x, k and v from the context (x itself, or the image)."""
+    B, L, h = x.shape
+    split = lambda t: t.view(B, t.shape[1], heads, h // heads).transpose(1, 2)  # (B, n, h) → (B, heads, n, d_head)
+    q, k, v = split(block.query(x)), split(block.key(context)), split(block.value(context))
+    scores = q @ k.transpose(-1, -2) / (h // heads) ** 0.5  # (B, heads, L, S)
+    if mask is not None:  # M: −∞ where the row may not look, (B, L, S) → (B, 1, L, S)
+        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    mixed = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, L, h)  # heads side by side: (B, L, h)
+    return F.layer_norm(x + block.output(mixed), (h,), block.norm.weight, block.norm.bias, block.norm.eps)
+
+
+def my_feed_forward(ffn, x):
+    """LN(x + W_down · GELU(W_up x)), BERT's exact (erf) GELU."""
+    return F.layer_norm(x + ffn.down(F.gelu(ffn.up(x))), x.shape[-1:], ffn.norm.weight, ffn.norm.bias, ffn.norm.eps)
+
+
+def my_qformer_layer(layer, x, num_queries, mask, image, heads):
+    """Equation (12.1): x = [Q; T] (B, K+T, h), image I (B, N, C) → (B, K+T, h)."""
+    a = my_attention(layer.self_attention, x, x, mask, heads)  # shared self-attention under the mask M
+    a_q, a_t = a[:, :num_queries], a[:, num_queries:]  # (B, K, h), (B, T, h)
+    a_q = my_attention(layer.cross_attention, a_q, image, None, heads)  # only the queries read the image
+    return torch.cat([my_feed_forward(layer.query_ffn, a_q), my_feed_forward(layer.text_ffn, a_t)], dim=1)
+
+
+torch.manual_seed(0)
+layer_config = qf.QFormerConfig(hidden_size=32, num_heads=4, intermediate_size=64, encoder_width=48, num_queries=4,
+                                vocab_size=50, max_text_length=16, cls_token_id=1, dec_token_id=2, dropout=0.0)
+library_layer = qf.QFormerLayer(layer_config, index=0).eval()  # layer 0 has the cross-attention
+for module in library_layer.modules():
+    if isinstance(module, torch.nn.LayerNorm):
+        torch.nn.init.normal_(module.weight, 1.0, 0.3)  # γ ≠ 1
+        torch.nn.init.normal_(module.bias, 0.0, 0.3)  # β ≠ 0
+x, image = torch.randn(2, 4 + 5, 32), torch.randn(2, 9, 48)  # [Q; T] and N = 9 image features of width C = 48
+text_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])  # the second caption is padded
+mask = qf.attention_mask("causal", 4, text_mask)  # (B, K+T, K+T)
+with torch.no_grad():
+    mine, library = my_qformer_layer(library_layer, x, 4, mask, image, 4), library_layer(x, 4, mask, image, None)
+torch.testing.assert_close(mine, library)
+print(f"one Q-Former layer by hand: max |mine − library| = {(mine - library).abs().max().item():.1e}")
 
 # %% [markdown]
 # **Stage 1 trains three losses, each with its own mask** on the same shared self-attention:
@@ -440,7 +493,7 @@ plt.show()
 #
 # **At equal budget**, the competitor is LLaVA's linear projector (chapter 11), trained for the same steps, batch,
 # learning rate and questions. A projector hands the LLM one token per grid cell: all 49 cells cost the frozen LLM
-# a sequence five times longer than the Q-Former's 8 tokens, and on this CPU (no native bf16, so the LLM runs in
+# six times as many visual tokens as the Q-Former's 8, and on this CPU (no native bf16, so the LLM runs in
 # float32) that is more than the chapter's budget can train. At `ci` the projector therefore reads the grid
 # **average-pooled to 3×3 = 9 tokens** — nearly the Q-Former's 8, so both runs cost the LLM about the same — and we
 # *time* one training step of the 49-token projector to show what reading every cell would cost (`full`: 7×7).
@@ -589,7 +642,7 @@ plt.show()
 # | queries = LLM visual tokens | 32 × 768 | {glue:text}`qf_tokens` |
 # | stage 1 | ITC + ITM + ITG on 129M images, 250k steps | ITC + ITM + ITG on {glue:text}`n_train` scene captions, {glue:text}`stage1_steps` steps |
 # | stage-1 result | zero-shot retrieval (Flickr30K, COCO fine-tuned) far above CLIP-style baselines | R@1 {glue:text}`full_r1` %, R@5 {glue:text}`full_r5` % on held-out scenes (chance {glue:text}`chance_r1` %, {glue:text}`chance_r5` %) |
-# | stage 2 | frozen OPT / FlanT5, one FC layer, LM loss | frozen SmolLM2-135M, one FC layer, answer loss |
+# | stage 2 | frozen OPT / FlanT5, one FC layer, LM loss | frozen SmolLM2-135M, one FC layer, answer loss; after {glue:text}`s2_steps` steps the Q-Former's answers score {glue:text}`qf_all` % against {glue:text}`prior_all` % for the blind prior (one seed) |
 # | without stage 1 | zero-shot VQA much worse (the paper's Figure 5) | not run at `ci` (Exercise 3) |
 # ```
 #
@@ -682,6 +735,24 @@ print("Solution 2: the hand-written UniLM mask equals the library's.")
 # %%
 from minipeft.book.results import record
 
+param_gap = abs(paper_params - 188e6) / 188e6  # the closed form against the paper's "188M"
+# Stage 1 works if retrieval beats chance by more than twice the seeds' spread; a removed loss counts beyond the spread.
+full_r5, full_sd = r5_mean["ITC + ITM + ITG"], r5_std["ITC + ITM + ITG"]
+removed = []
+for variant in ("no ITC", "no ITM", "no ITG"):
+    delta, spread = r5_mean[variant] - full_r5, max(r5_std[variant], full_sd)
+    removed.append(f"{variant} {100 * delta:+.0f} points ({'larger than' if abs(delta) > spread else 'within'} "
+                   f"the seeds' spread, {100 * spread:.0f})")  # the rule of the text under Table 12.1
+qformer_all, prior_all = qformer_run["scores"]["all"], prior_scores["all"]
+stage1_status = (
+    f"{'reproduced' if full_r5 - 2 * full_sd > chance_r5 else 'not reproduced'} at this scale: R@5 "
+    f"{100 * full_r5:.0f} ± {100 * full_sd:.0f} % on held-out scenes (chance {100 * chance_r5:.0f} %, "
+    f"{len(SIZES.ablation_seeds)} seeds); R@5 with one loss removed: {'; '.join(removed)}; stage 2 through the LLM "
+    f"({SIZES.stage2_steps} steps, one seed): Q-Former {100 * qformer_all:.0f} % vs blind prior "
+    f"{100 * prior_all:.0f} %, "
+    + ("above the prior" if qformer_all > prior_all else
+       f"not above the prior, not explained by a measurement here (it saw "
+       f"{SIZES.stage2_steps * SIZES.stage2_batch} training questions)"))
 metrics = {}
 for variant in VARIANTS:
     part = ablation[ablation.variant == variant].mean(numeric_only=True)
@@ -714,13 +785,11 @@ record(
     paper_claims=[
         {"claim": "Q-Former: 188M parameters, 32 queries of 768, cross-attention every other layer",
          "source": "Li et al. 2023, BLIP-2, arXiv:2301.12597, section 3.1",
-         "status": f"reproduced exactly: the library's closed form at BLIP-2's size gives {paper_params:,}"},
+         "status": (f"{'reproduced' if param_gap < 0.02 else 'not reproduced'} to within {100 * param_gap:.1f} %: "
+                    f"the library's closed form at BLIP-2's size gives {paper_params:,} (paper: 188M)")},
         {"claim": "stage 1 jointly optimises ITC, ITM (hard negatives) and ITG with different attention masks",
          "source": "Li et al. 2023, BLIP-2, section 3.2 and Figure 2",
-         "status": f"reproduced at this scale: R@5 {100 * full_run['R@5']:.0f} % on held-out scenes (chance "
-                   f"{100 * chance_r5:.0f} %, {len(SIZES.ablation_seeds)} seeds); stage 2 through the LLM does not "
-                   f"yet use the image (Q-Former {100 * qformer_run['scores']['all']:.0f} %, blind prior "
-                   f"{100 * prior_scores['all']:.0f} %, one seed)"},
+         "status": stage1_status},
     ],
     scale=SCALE, seed=SEED, wall_time_s=time.perf_counter() - CHAPTER_START,
 )
