@@ -74,7 +74,7 @@ def test_book_builds_offline_without_warnings(book_build):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for page in ("index", "book/intro", "book/notation", "book/glossary", "book/bibliography"):
         assert (html_dir / f"{page}.html").exists(), f"{page}.html was not built"
-    for source in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for source in sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb")):
         page = html_dir / "notebooks" / f"{source.stem}.html"
         assert page.exists(), f"{page} was not built"
 

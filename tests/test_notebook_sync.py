@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.py"))
 
 
 def cells(path: Path):

@@ -29,11 +29,11 @@ def execute(source: Path, timeout_s: int = 1800) -> float:
 
 def main(argv: list[str]) -> int:
     NOTEBOOKS = book_root() / "notebooks"
-    wanted = argv or [p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))]
+    wanted = argv or [p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.py"))]
     for name in wanted:
         source = NOTEBOOKS / (Path(name).stem + ".py")
         if not source.exists():
-            choices = ", ".join(p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")))
+            choices = ", ".join(p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.py")))
             print(f"no notebook source {source}; choose from: {choices}", file=sys.stderr)
             return 2
         seconds = execute(source)

@@ -68,7 +68,7 @@ Paper versus code (what to know when comparing):
 7. *Layer types.* Only ``nn.Linear`` targets are wrapped (the paper's transformers are all linear layers). peft
    also wraps ``Conv1D`` (GPT-2), ``Conv2d``/``Conv3d`` and quantised layers.
 
-Chapter: Part II, "(IA)³".
+Chapter: Part II, "(IA)³" (``04b_ia3``).
 """
 
 from __future__ import annotations
