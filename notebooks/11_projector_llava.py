@@ -84,28 +84,30 @@ print(f"scale={SCALE}  seeds={SEEDS}  device={DEVICE}  {SIZES}")
 # %% [markdown]
 # ## 11.1 The idea: patches become words
 #
-# A frozen image encoder $g$ describes an image $X_v$ by $N$ feature vectors $Z_v = g(X_v) \in \mathbb{R}^{N \times C}$
-# (LLaVA: CLIP ViT-L/14's 256 patches, $C = 1024$; here EfficientNet-Lite0's $7 \times 7$ grid, $C = 1280$, pooled to
-# $N = $ `grid`² cells). LLaVA's projector maps every patch into the language model's width $d$ (SmolLM2: 576):
+# A frozen image encoder $g$ describes an image $X_v$ by $n$ feature vectors of its width $d_v$,
+# $Z_v = g(X_v) \in \mathbb{R}^{n \times d_v}$ (LLaVA: CLIP ViT-L/14's 256 patches, $d_v = 1024$; here
+# EfficientNet-Lite0's $7 \times 7$ grid, $d_v = 1280$, pooled to $n = $ `grid`² cells). LLaVA's projector maps every
+# patch into the language model's width $d$ (SmolLM2: 576):
 #
 # $$
-# H_v = W \cdot Z_v, \qquad W \in \mathbb{R}^{C \times d} \qquad \text{(LLaVA, linear)} \tag{11.1}
+# H_v = W \cdot Z_v, \qquad W \in \mathbb{R}^{d_v \times d} \qquad \text{(LLaVA, linear)} \tag{11.1}
 # $$
 #
 # $$
 # H_v = W_2\, \mathrm{GELU}(W_1 Z_v + b_1) + b_2 \qquad \text{(LLaVA-1.5, "mlp2x\_gelu")} \tag{11.2}
 # $$
 #
-# The $N$ rows of $H_v$ take the places of $N$ placeholder tokens `<image>` in the prompt, and the frozen language
-# model is trained to produce the answer $X_a = (x_1, \dots, x_L)$ — with the loss on the answer only:
+# The $n$ rows of $H_v$ take the places of $n$ placeholder tokens `<image>` in the prompt, and the frozen language
+# model is trained to produce the answer $X_a = (x_1, \dots, x_{T_a})$ of $T_a$ tokens (the paper's $L$) — with the
+# loss on the answer only:
 #
 # $$
-# \mathcal{L} = -\frac{1}{L} \sum_{i=1}^{L} \log p_\theta\big(x_i \mid H_v, X_{\text{instruct}}, X_{a,<i}\big).
+# \mathcal{L} = -\frac{1}{T_a} \sum_{i=1}^{T_a} \log p_\theta\big(x_i \mid H_v, X_{\text{instruct}}, X_{a,<i}\big).
 # \tag{11.3}
 # $$
 #
 # ```
-#  image ─► EfficientNet-Lite0 (frozen) ─► Z_v (N×1280) ─► projector W (trained) ─► H_v (N×576) ─┐
+#  image ─► EfficientNet-Lite0 (frozen) ─► Z_v (n×1280) ─► projector W (trained) ─► H_v (n×576) ─┐
 #  "<image>\nWhat colour is the circle?\nAnswer:" ─► word embeddings (frozen) ──────────────────┴─► SmolLM2 (frozen;
 #                                                                                        stage 2: + LoRA) ─► " red"
 # ```
@@ -117,7 +119,7 @@ print(f"scale={SCALE}  seeds={SEEDS}  device={DEVICE}  {SIZES}")
 # ### Write it yourself
 #
 # Fifteen lines: project, embed the words, write the visual tokens over the placeholders, run the language model.
-# We check it against the library's `VisionLanguageModel` on the same weights.
+# We check it against the library's `VisionLanguageModel` on the same weights. (The code calls $d_v$ `C` and $n$ `N`.)
 
 # %%
 from minipeft.models.smollm2 import load_smollm2
@@ -168,8 +170,8 @@ show_source(splice.insert_tokens)
 # %% [markdown]
 # ## 11.2 Sanity checks
 #
-# **Parameter counts, closed form.** Linear: $Cd + d$; MLP: $Cd + d + d^2 + d$. LLaVA's own shapes (CLIP ViT-L/14,
-# $C = 1024$, into Vicuna-7B/13B, $d = 4096$/$5120$) are counted on the meta device, without memory:
+# **Parameter counts, closed form.** Linear: $d_v d + d$; MLP: $d_v d + d + d^2 + d$. LLaVA's own shapes (CLIP
+# ViT-L/14, $d_v = 1024$, into Vicuna-7B/13B, $d = 4096$/$5120$) are counted on the meta device, without memory:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -558,7 +560,7 @@ pd.DataFrame({name: {**{k: round(v["test"][k], 2) for k in COLUMNS},
 #
 # * **Stage 1 keeps the language model exactly as it was.** Only $W$ moves, so every text-only ability of SmolLM2 is
 #   untouched; the projector can only learn to write *inputs* the frozen model already understands.
-# * **Projector only in stage 2** still has to push the whole answer format through $N$ input vectors. With LoRA the
+# * **Projector only in stage 2** still has to push the whole answer format through $n$ input vectors. With LoRA the
 #   language model itself can change how it answers.
 # * **LoRA costs little per step here**: the backward pass already runs through all 30 layers to reach the visual
 #   tokens at the start of the sequence; LoRA adds only its own small gradients (compare the CPU seconds per step).
@@ -641,7 +643,7 @@ glue("mlp_extra", f"{count('mlp2x_gelu', C, d) - count('linear', C, d):,}", disp
 # %% [markdown]
 # ```{admonition} Solution 1
 # :class: dropdown
-# LLaVA-1.5's MLP from $C = 1024$ to $d = 4096$ has $1024 \cdot 4096 + 4096 + 4096^2 + 4096 = 20{,}979{,}712$
+# LLaVA-1.5's MLP from $d_v = 1024$ to $d = 4096$ has $1024 \cdot 4096 + 4096 + 4096^2 + 4096 = 20{,}979{,}712$
 # parameters (next cell), and each image costs 576 tokens of the language model's context. Ours cost `grid`²:
 # 1, 4 or 49 tokens, which is why §11.4 uses one pooled token on a CPU (one pooled token is ~2× cheaper per step than
 # 49 grid tokens on this CPU, measured in the book's feasibility notes).

@@ -18,11 +18,11 @@
 # # 12. The BLIP-2 Q-Former: a few learned queries between a frozen image encoder and a frozen LLM
 #
 # A LLaVA projector (chapter 11) hands the language model one token per image patch. BLIP-2 (Li, Li, Savarese &
-# Hoi 2023) puts a small transformer in between instead, the **Querying Transformer**: $K$ learned *queries*
-# cross-attend to the frozen image features and come out as $K$ vectors, whatever the number of patches. The
+# Hoi 2023) puts a small transformer in between instead, the **Querying Transformer**: $N_q$ learned *queries*
+# cross-attend to the frozen image features and come out as $N_q$ vectors, whatever the number of patches. The
 # Q-Former is trained twice: first **without** the language model, on image–caption pairs with three losses
 # (contrastive, matching, generation), so that the queries learn to pull out what captions talk about; then the
-# $K$ query outputs are projected into the frozen LLM as *soft visual prompts* and trained on the LLM's loss.
+# $N_q$ query outputs are projected into the frozen LLM as *soft visual prompts* and trained on the LLM's loss.
 #
 # This chapter (1) builds a small Q-Former on EfficientNet-Lite0's 7×7 grid of the book's generated scenes,
 # (2) trains stage 1 with ITC, ITM (with hard negatives) and ITG, and measures image–text retrieval on held-out
@@ -90,10 +90,11 @@ print(f"scale={SCALE}  seed={SEED}  device={DEVICE}  {SIZES}")
 # %% [markdown]
 # ## 12.1 The idea: queries that read the image, text that shares their attention
 #
-# The Q-Former is a BERT encoder whose input is $K$ learned queries $Q \in \mathbb{R}^{K \times h}$ followed by text
-# tokens, $X = [Q; T]$. Each layer has **one self-attention shared** by queries and text — an attention mask decides
-# who sees whom — then, in every other layer, a **cross-attention in which only the queries read the frozen image
-# features** $I \in \mathbb{R}^{N \times C}$, then separate feed-forward networks for queries and text:
+# The Q-Former is a BERT encoder of width $d_q$ whose input is $N_q$ learned queries
+# $Q \in \mathbb{R}^{N_q \times d_q}$ followed by text tokens, $X = [Q; T]$. Each layer has **one self-attention
+# shared** by queries and text — an attention mask decides who sees whom — then, in every other layer, a
+# **cross-attention in which only the queries read the frozen image features** $I \in \mathbb{R}^{n \times d_v}$
+# ($n$ patches of the encoder's width $d_v$), then separate feed-forward networks for queries and text:
 #
 # $$
 # A = \mathrm{LN}\big(X + \mathrm{MHA}(X, X; M)\big), \qquad
@@ -101,9 +102,9 @@ print(f"scale={SCALE}  seed={SEED}  device={DEVICE}  {SIZES}")
 # X' = \big[\mathrm{LN}(A_Q + \mathrm{FFN}_Q(A_Q));\ \mathrm{LN}(A_T + \mathrm{FFN}_T(A_T))\big]. \tag{12.1}
 # $$
 #
-# The query outputs $Z \in \mathbb{R}^{K \times h}$ are all the LLM will ever see of the image: with BLIP-2's ViT-g,
-# 257 patch features of width 1408 become 32 vectors of width 768. Here is one layer of the library's Q-Former
-# (`minipeft/multimodal/qformer.py`):
+# The query outputs $Z \in \mathbb{R}^{N_q \times d_q}$ are all the LLM will ever see of the image: with BLIP-2's
+# ViT-g, 257 patch features of width 1408 become 32 vectors of width 768 ($n = 257$, $d_v = 1408$, $N_q = 32$,
+# $d_q = 768$). Here is one layer of the library's Q-Former (`minipeft/multimodal/qformer.py`):
 
 # %%
 from minipeft.book import show_source
@@ -115,8 +116,8 @@ show_source(qf.QFormerLayer.forward)
 # **Write it yourself.** Equation (12.1) is three post-LN blocks. The cell below writes one layer with plain tensor
 # operations — multi-head attention $\mathrm{softmax}(q k^\top / \sqrt{d_{head}} + M)\, v$, the residual, the
 # LayerNorm — runs it on the weights of a library `QFormerLayer` (its LayerNorms moved away from 1 and 0, so that a
-# forgotten norm shows) with $K = 4$ queries, 5 text tokens (one caption padded) and the causal mask of ITG, and
-# checks that the two agree.
+# forgotten norm shows) with $N_q = 4$ queries, 5 text tokens (one caption padded) and the causal mask of ITG, and
+# checks that the two agree. (The code keeps the short names `K`, `h`, `C` and `N` for $N_q$, $d_q$, $d_v$ and $n$.)
 
 # %%
 import torch
@@ -167,7 +168,7 @@ print(f"one Q-Former layer by hand: max |mine − library| = {(mine - library).a
 # %% [markdown]
 # **Stage 1 trains three losses, each with its own mask** on the same shared self-attention:
 #
-# * **ITC** (image–text contrastive, *unimodal* mask: queries and text never see each other). The image has $K$
+# * **ITC** (image–text contrastive, *unimodal* mask: queries and text never see each other). The image has $N_q$
 #   embeddings $z_k$, the text one, $t$ (from `[CLS]`); their similarity is the **best query**,
 #   $s(I, T) = \max_k z_k^\top t$, and a symmetric InfoNCE with a learnable temperature $\tau$ pulls matching pairs
 #   together against the other pairs of the batch:
@@ -184,7 +185,7 @@ print(f"one Q-Former layer by hand: max |mine − library| = {(mine - library).a
 #   before it, queries see only queries. The caption can reach the image **only through the queries**, so the
 #   queries must carry everything the caption needs.
 #
-# The three masks, for $K = 4$ queries and 5 text tokens (a dark cell: the row may attend to the column):
+# The three masks, for $N_q = 4$ queries and 5 text tokens (a dark cell: the row may attend to the column):
 
 # %%
 import matplotlib.pyplot as plt
@@ -485,8 +486,8 @@ plt.show()
 # %% [markdown]
 # ## 12.5 Stage 2: the queries as soft visual prompts of a frozen SmolLM2
 #
-# The stage-1 Q-Former (all three losses) now feeds the frozen language model: one linear layer maps the $K$ query
-# outputs to SmolLM2's width 576, and they replace $K$ image placeholders in the prompt (`qformer.apply`, the
+# The stage-1 Q-Former (all three losses) now feeds the frozen language model: one linear layer maps the $N_q$ query
+# outputs to SmolLM2's width $d = 576$, and they replace $N_q$ image placeholders in the prompt (`qformer.apply`, the
 # splice of chapter 11). BLIP-2 trains the Q-Former and this projection on the LLM's loss; the LLM stays frozen.
 # Like BLIP-2 we drop the text side (word embeddings, text FFNs, heads) for stage 2: only the query path is kept
 # and trained.
@@ -638,7 +639,7 @@ plt.show()
 # | | BLIP-2 (Li et al. 2023) | this chapter (`ci`) |
 # |---|---|---|
 # | image encoder | EVA ViT-g/14, 257 × 1408 features, frozen | EfficientNet-Lite0, 7×7 × 1280, frozen, standardised |
-# | Q-Former | BERT-base: 12 layers, h = 768, cross-attention every other layer, **188M** parameters | {glue:text}`small_layers` layers, h = {glue:text}`small_hidden`, {glue:text}`small_params` parameters (the library's count at the paper's size: {glue:text}`paper_params`) |
+# | Q-Former | BERT-base: 12 layers, $d_q = 768$, cross-attention every other layer, **188M** parameters | {glue:text}`small_layers` layers, $d_q$ = {glue:text}`small_hidden`, {glue:text}`small_params` parameters (the library's count at the paper's size: {glue:text}`paper_params`) |
 # | queries = LLM visual tokens | 32 × 768 | {glue:text}`qf_tokens` |
 # | stage 1 | ITC + ITM + ITG on 129M images, 250k steps | ITC + ITM + ITG on {glue:text}`n_train` scene captions, {glue:text}`stage1_steps` steps |
 # | stage-1 result | zero-shot retrieval (Flickr30K, COCO fine-tuned) far above CLIP-style baselines | R@1 {glue:text}`full_r1` %, R@5 {glue:text}`full_r5` % on held-out scenes (chance {glue:text}`chance_r1` %, {glue:text}`chance_r5` %) |
@@ -664,7 +665,7 @@ print(f"ci Q-Former: {small_params:,} parameters with its text side; "
 #
 # * **The similarity is a max over queries.** ITC compares *each* query with the text and keeps the best
 #   (`max_k z_k^T t`); averaging the queries, or comparing only the first, is a different (and weaker) model. The
-#   same max is what makes retrieval cost $K$ dot products per pair.
+#   same max is what makes retrieval cost $N_q$ dot products per pair.
 # * **Masks are the model.** The three losses share weights and differ only in the self-attention mask. With the
 #   bidirectional mask in ITG the text would see itself through the queries and "generate" by copying; with the
 #   causal mask in ITC the queries would see nothing new but the text would — a common mistake when porting LAVIS,
@@ -680,12 +681,12 @@ print(f"ci Q-Former: {small_params:,} parameters with its text side; "
 #   $\tau$ to [0.001, 0.5]; both are in the library's defaults. Users of the LAVIS issue tracker also report that
 #   `ln_vision` being trainable in BLIP-2 but frozen in MiniGPT-4 / Video-LLaMA changes results when weights are
 #   shared between them.
-# * **Placeholders must match queries.** The prompt needs exactly $K$ image placeholders; the splice raises an error
+# * **Placeholders must match queries.** The prompt needs exactly $N_q$ image placeholders; the splice raises an error
 #   naming both numbers when it does not.
 #
 # ## 12.7 Summary
 #
-# * The Q-Former turns any number of frozen patch features into $K$ vectors by cross-attention from learned queries;
+# * The Q-Former turns any number of frozen patch features into $N_q$ vectors by cross-attention from learned queries;
 #   one transformer with a shared self-attention serves three stage-1 losses through three masks.
 # * Stage 1 (ITC, ITM with hard negatives, ITG) needs no language model and learns retrievable image and text
 #   embeddings on our scenes within {glue:text}`stage1_steps` CPU steps.
@@ -697,13 +698,13 @@ print(f"ci Q-Former: {small_params:,} parameters with its text side; "
 #
 # 1. **Count it.** Using `qf.parameter_count`, how many parameters does BLIP-2's Q-Former spend on the 32 queries, and
 #    how many on cross-attention? What would 64 queries cost?
-# 2. **The UniLM mask by hand.** Write the causal mask for $K = 2$ queries and 3 text tokens as a 5×5 table of 0/1,
+# 2. **The UniLM mask by hand.** Write the causal mask for $N_q = 2$ queries and 3 text tokens as a 5×5 table of 0/1,
 #    then check it against `qf.attention_mask("causal", 2, text_length=3)`.
 # 3. **Seeds, and stage 2 without stage 1.** Repeat Table 12.2 with three seeds (`stage2(..., seed=s)`) and add the
 #    shuffled-image control (`vlm.shuffle_images(test_grid)` as the test features). Then run `stage2` with
 #    `qf.apply(llm, small_config())` (a fresh Q-Former) for the same steps. BLIP-2's Figure 5 says the
 #    representation stage matters a lot; does it here?
-# 4. **Fewer queries.** Train stage 1 and 2 with $K = 2$ and $K = 16$. How do retrieval, accuracy and the stage-2
+# 4. **Fewer queries.** Train stage 1 and 2 with $N_q = 2$ and $N_q = 16$. How do retrieval, accuracy and the stage-2
 #    step time change?
 # 5. **Random negatives.** Replace the hard negatives by uniformly drawn ones (pass `itc_logits=torch.zeros(B, B)`).
 #    What happens to the ITM loss, and why is a low ITM loss then no evidence of a good model?

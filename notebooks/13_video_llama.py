@@ -91,23 +91,24 @@ print(f"scale={SCALE}  seed={SEED}  device={DEVICE}  {SIZES}")
 # %% [markdown]
 # ## 13.1 The idea: a bag of frames, and the embedding that orders it
 #
-# Every frame $t$ of a clip is encoded on its own by the frozen image encoder, $V_t \in \mathbb{R}^{n \times C}$
-# ($n$ tokens per frame). A learned **frame position embedding** $P_t \in \mathbb{R}^{C}$ is added to every token of
-# frame $t$, and the frames are laid end to end:
+# Every frame $t$ of a clip is encoded on its own by the frozen image encoder, $V_t \in \mathbb{R}^{n \times d_v}$
+# ($n$ tokens per frame, of the encoder's width $d_v$). A learned **frame position embedding**
+# $P_t \in \mathbb{R}^{d_v}$ is added to every token of frame $t$, and the frames are laid end to end:
 #
 # $$
-# \hat V = \big[\, V_1 + P_1;\ \dots;\ V_T + P_T \,\big] \in \mathbb{R}^{(T n) \times C}, \qquad
-# H_{video} = W_{proj}\, \mathrm{QFormer}_{video}(Q_{video};\ \hat V) \in \mathbb{R}^{K_v \times d}. \tag{13.1}
+# \hat V = \big[\, V_1 + P_1;\ \dots;\ V_T + P_T \,\big] \in \mathbb{R}^{(T n) \times d_v}, \qquad
+# H_{video} = W_{proj}\, \mathrm{QFormer}_{video}(Q_{video};\ \hat V) \in \mathbb{R}^{N_q^{video} \times d}. \tag{13.1}
 # $$
 #
-# The video Q-Former is chapter 12's Q-Former with cross-attention in **every** layer, two layers, $K_v$ learned
-# queries and no text side. Cross-attention is a softmax-weighted *sum* over the keys,
+# The video Q-Former is chapter 12's Q-Former with cross-attention in **every** layer, two layers of width $d_q$,
+# $N_q^{video}$ learned queries and no text side. Cross-attention is a softmax-weighted *sum* over the keys,
 # $\sum_j \mathrm{softmax}_j(q^\top k_j / \sqrt{d_h})\, v_j$, and a sum does not change when its terms are
 # reordered: **without $P_t$, shuffling the frames leaves $H_{video}$ exactly unchanged**. The position embedding is
 # the only place where time enters. The sound track gets the same treatment: cut into $M$ segments, each encoded by a
-# frozen audio encoder, a segment position embedding added, and an **audio Q-Former** with $K_a$ queries gives
-# $H_{audio} \in \mathbb{R}^{K_a \times d}$. The prompt holds $K_v$ video and $K_a$ audio placeholders; the frozen LLM
-# is trained on the text that follows. Here is how the library lays out the frames:
+# frozen audio encoder, a segment position embedding added, and an **audio Q-Former** with $N_q^{audio}$ queries
+# gives $H_{audio} \in \mathbb{R}^{N_q^{audio} \times d}$. The prompt holds $N_q^{video}$ video and $N_q^{audio}$ audio
+# placeholders; the frozen LLM is trained on the text that follows. Here is how the library lays out the frames (the
+# figure and the code write $K_v$, $K_a$, `C` and `h` for $N_q^{video}$, $N_q^{audio}$, $d_v$ and $d_q$):
 
 # %%
 import matplotlib.pyplot as plt
@@ -550,10 +551,10 @@ plt.show()
 # ## 13.6 Video-LLaMA end to end: the branches as soft prompts of a frozen SmolLM2
 #
 # Now the model of the paper: `vq.apply` wraps the frozen SmolLM2-135M-Instruct in a `VideoLlama` with both
-# branches, and the prompt holds $K_v$ video and $K_a$ audio placeholders (`minipeft.tasks.video`):
+# branches, and the prompt holds $N_q^{video}$ video and $N_q^{audio}$ audio placeholders (`minipeft.tasks.video`):
 #
 # ```text
-# Video: <K_v video tokens> Sound: <K_a audio tokens>
+# Video: <N_q^video video tokens> Sound: <N_q^audio audio tokens>
 # Which colour does the voice say?
 # Answer: green<end>
 # ```
@@ -645,7 +646,7 @@ end_to_end.style.format(precision=2)
 # | | Video-LLaMA (Zhang, Li & Bing 2023) | this chapter (`ci`) |
 # |---|---|---|
 # | frame features | frozen EVA ViT-g + BLIP-2 image Q-Former, 32 × 768 per frame, 8 frames | frozen EfficientNet-Lite0, one 1280-d vector per frame at 128 px, 8 frames |
-# | video branch | 32 frame positions, 2-layer Q-Former (h = 768), 32 queries, linear to 4096: {glue:text}`paper_video_params` trainable | {glue:text}`ci_video_queries` queries, h = {glue:text}`ci_hidden`, linear to 576: {glue:text}`ci_video_params` |
+# | video branch | 32 frame positions, 2-layer Q-Former ($d_q = 768$), 32 queries, linear to 4096: {glue:text}`paper_video_params` trainable | {glue:text}`ci_video_queries` queries, $d_q$ = {glue:text}`ci_hidden`, linear to 576: {glue:text}`ci_video_params` |
 # | audio encoder | frozen ImageBind-Huge, 8 segments of 2 s, 1024-d | frozen Whisper tiny.en encoder, 8 segments of 0.5 s, 384-d |
 # | audio branch | 8 positions, 2-layer Q-Former, 8 queries: {glue:text}`paper_audio_params` trainable | {glue:text}`ci_audio_queries` queries: {glue:text}`ci_audio_params` |
 # | LLM | Vicuna / LLaMA-7B–13B, frozen | SmolLM2-135M-Instruct, frozen |
@@ -682,8 +683,8 @@ print(f"branches at ci: video {vq.parameter_count(ci_video):,}, audio {vq.parame
 # * **Whisper's 30-s window.** Whisper was trained on 30-s inputs; `load_whisper_encoder(seconds=4)` keeps the first
 #   200 position embeddings so that a 4-s clip does not pay for 26 s of padding — an approximation; the module's
 #   docstring (`minipeft/models/whisper.py`) gives its measured cost and how close it stays to the full window.
-# * **Placeholders must match queries.** The prompt needs exactly $K_v$ video and $K_a$ audio placeholders; the
-#   splice raises an error naming both numbers otherwise.
+# * **Placeholders must match queries.** The prompt needs exactly $N_q^{video}$ video and $N_q^{audio}$ audio
+#   placeholders; the splice raises an error naming both numbers otherwise.
 #
 # ## 13.8 Summary
 #
@@ -694,8 +695,9 @@ print(f"branches at ci: video {vq.parameter_count(ci_video):,}, audio {vq.parame
 #   spoken colour ({glue:text}`hear_word` %).
 # * The audio branch is what answers questions about the sound, and, with segments aligned to frames, about the order
 #   of events.
-# * Each branch costs the LLM only $K$ tokens per clip ($K_v + K_a$ = {glue:text}`ci_tokens` here, 40 in the paper)
-#   however long the clip; the price is paid in the frozen LLM's forward and backward passes during training.
+# * Each branch costs the LLM only its $N_q$ query tokens per clip ($N_q^{video} + N_q^{audio}$ =
+#   {glue:text}`ci_tokens` here, 40 in the paper) however long the clip; the price is paid in the frozen LLM's
+#   forward and backward passes during training.
 #
 # ## 13.9 Exercises
 #
