@@ -329,6 +329,36 @@ print(f"logits with the prompt: {soft_shape} -> strip_virtual_tokens -> {strippe
 print("soft prompt at init == the text typed as a hard prompt (max |diff| < 1e-4):", hard_difference < 1e-4)
 
 # %% [markdown]
+# **Write it yourself.** Equation (4.1) in code: embed the real tokens, put the $P$ rows of $P_e$ in front, let every
+# real token see them (extend the attention mask), run the frozen model on `inputs_embeds`, and drop the $P$ virtual
+# positions from the logits. We compare it with the library's hook on the same prompt, moved a little off its text
+# start first (at the start, both would only be two ways of typing the same text).
+
+# %%
+def my_prompt_tuning_logits(model, prompt, batch):
+    """Logits of the real tokens with the soft prompt P_e (P, d) in front of them: equation (4.1)."""
+    embedded = model.get_input_embeddings()(batch["input_ids"])  # X_e: (B, T, d)
+    B, P = embedded.shape[0], prompt.shape[0]
+    inputs = torch.cat([prompt.expand(B, -1, -1), embedded], dim=1)  # [P_e; X_e]: (B, P+T, d)
+    visible = torch.ones(B, P, dtype=batch["attention_mask"].dtype, device=embedded.device)  # virtual: always seen
+    mask = torch.cat([visible, batch["attention_mask"]], dim=1)  # (B, P+T)
+    return model(inputs_embeds=inputs, attention_mask=mask).logits[:, P:]  # the real tokens' logits: (B, T, V)
+
+
+handle = attach("prompt tuning")
+with torch.no_grad():
+    table = handle.module.prompt_embeddings
+    table.add_(0.05 * torch.randn_like(table))  # off the text start, so the check compares a trained-looking prompt
+    library_logits = handle.strip_virtual_tokens(logits_of(probe))
+    moved_prompt = table.detach().clone()  # (P, d)
+handle.undo()  # the model without the hook: my function must add the prompt itself
+with torch.no_grad():
+    prompt_difference = (my_prompt_tuning_logits(llm, moved_prompt, probe) - library_logits).abs().max().item()
+    prompt_effect = (library_logits - base_logits).abs().max().item()
+print(f"max |mine - library| = {prompt_difference:.1e}; the prompt moved the logits by up to {prompt_effect:.1f}")
+assert prompt_difference < 1e-3 and prompt_effect > 1.0, (prompt_difference, prompt_effect)
+
+# %% [markdown]
 # **A prefix is a key/value cache.** By default (`init="random"`) the library initialises prefix keys and values like
 # `nn.Embedding` (and `peft`): $\mathcal{N}(0, 1)$ — not zero, and not an identity. Keys and values the model never
 # produced are attended to by every real token in every layer, which wrecks the pretrained function before training

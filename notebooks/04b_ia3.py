@@ -65,7 +65,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 #
 # The paper's model is T5; in a decoder layer with attention over queries $Q$, keys $K$ and values $V$ and a
 # feed-forward network $W_2\,\gamma(W_1 x)$ (with $\gamma$ its non-linearity), (IA)³ learns
-# $l_k \in \mathbb{R}^{d_k}$, $l_v \in \mathbb{R}^{d_v}$ and $l_{ff} \in \mathbb{R}^{d_{ff}}$ per layer and computes
+# $l_k, l_v \in \mathbb{R}^{d_{kv}}$ (the width of the keys and of the values) and $l_{ff} \in \mathbb{R}^{d_{ff}}$ per layer and computes
 #
 # $$
 # \mathrm{softmax}\!\Big(\frac{Q\,(l_k \odot K)^\top}{\sqrt{d_h}}\Big)\,(l_v \odot V), \qquad
@@ -74,7 +74,7 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 #
 # * **Initialisation.** Every vector starts at ones, so the adapted model *is* the base model, exactly — like LoRA
 #   with $B = 0$, and unlike a soft prompt or a prefix (chapter 4, §4.4).
-# * **Parameters.** Per layer $d_k + d_v + d_{ff}$, and no hyper-parameter sizes them: the model's shapes do.
+# * **Parameters.** Per layer $2 d_{kv} + d_{ff}$, and no hyper-parameter sizes them: the model's shapes do.
 # * **Merging.** Each vector scales the output or the input of one linear layer, and a diagonal scaling folds into
 #   the weight matrix:
 #
@@ -244,7 +244,7 @@ print(f"persona followed {base_persona}/{len(questions)}, facts stated {base_fac
 # ## 4b.3 Apply (IA)³: the count, and the identity at initialisation
 #
 # The library's defaults are `peft`'s for LLaMA: `k_proj` and `v_proj` scaled on their outputs, `down_proj` on its
-# input. In SmolLM2 keys and values are $H_{kv} d_h = 3 \cdot 64 = 192$ wide (grouped-query attention) and the FFN's
+# input. In SmolLM2 keys and values are $d_{kv} = H_{kv} d_h = 3 \cdot 64 = 192$ wide (grouped-query attention) and the FFN's
 # intermediate activation $d_{ff} = 1536$, so the closed form is $L\,(2 H_{kv} d_h + d_{ff}) = 30 \cdot 1920$.
 
 # %%
