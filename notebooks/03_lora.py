@@ -73,9 +73,10 @@ print(f"scale={SCALE}  seed={SEED}  {SIZES}")
 # matrices that are the only thing we train:
 #
 # $$
-# h = W_0 x + \Delta W x = W_0 x + \frac{\alpha}{r}\, B A x, \qquad
-# B \in \mathbb{R}^{d_{out} \times r},\ A \in \mathbb{R}^{r \times d_{in}},\ r \ll \min(d_{out}, d_{in}). \tag{3.1}
+# h = W_0 x + \Delta W x = W_0 x + \frac{\alpha}{r}\, B A x, \tag{3.1}
 # $$
+#
+# with $B \in \mathbb{R}^{d_{out} \times r}$, $A \in \mathbb{R}^{r \times d_{in}}$ and $r \ll \min(d_{out}, d_{in})$.
 #
 # * **Parameters.** A wrapped layer trains $r(d_{in} + d_{out})$ numbers instead of $d_{out} d_{in}$. In SmolLM2 a query projection is
 #   $576 \times 576$ and a value projection $192 \times 576$ (grouped-query attention: 3 key/value heads of 64), so
